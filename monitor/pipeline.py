@@ -1,0 +1,166 @@
+"""The sidecar's work on one polled batch, top to bottom:
+
+    decode -> detect (segment, embed, compare) -> score -> record
+
+``commit`` follows in :mod:`monitor.consumer`, only after this returns: every event of the batch has been
+analysed and recorded (or dead-lettered), which is what makes delivery at-least-once.
+
+Embedding happens inside detection and only on prompt *segments*: a whole prompt or response is never
+run through the transformer, and a segment seen before (a shared system prompt) comes from the cache.
+Responses are scored by a lexical classifier, which measures better than MiniLM embeddings and is ~100x
+cheaper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from monitor.events import DecodeError, Event, Limits, decode_event
+from monitor.framing import FramingDetector, FramingResult
+from monitor.logs import get_logger, text_field
+from monitor.metrics import NO_CLUSTER, Metrics, exemplar
+from monitor.scoring import ResponseScorer
+from monitor.windows import SlidingCounts
+
+log = get_logger("framewatch.pipeline")
+
+NOT_FRAMED = FramingResult(framing="none", cluster=None, similarity=0.0, segment=None)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One Kafka record as the pipeline needs it (decoupled from kafka-python's ConsumerRecord)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes | None]] = ()
+    key: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What Framewatch concluded about one event."""
+
+    record: Record
+    event: Event
+    framing: FramingResult
+    misalignment_score: float
+    misaligned: bool
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An event that broke the contract; it goes to the dead-letter topic with ``reason``."""
+
+    record: Record
+    reason: str
+    detail: str
+
+
+@dataclass
+class BatchResult:
+    verdicts: list[Verdict]
+    rejected: list[Rejected]
+
+
+class Pipeline:
+    """Stateless apart from the embedding cache and the sliding windows; one instance per process."""
+
+    def __init__(self, *, detector: FramingDetector, scorer: ResponseScorer, metrics: Metrics,
+                 windows: SlidingCounts | None = None, limits: Limits | None = None,
+                 on_verdicts: Callable[[list[Verdict]], None] | None = None) -> None:
+        self.detector = detector
+        self.scorer = scorer
+        self.metrics = metrics
+        self.windows = windows or SlidingCounts()
+        self.limits = limits or Limits()
+        self.on_verdicts = on_verdicts
+
+    def process(self, records: Sequence[Record]) -> BatchResult:
+        events, good, rejected = self.decode(records)
+        try:
+            framings = self.detect(events)
+            scores = self.score(events)
+        except Exception:  # noqa: BLE001 - one poisonous event must not stop the batch
+            log.exception("batch_analysis_failed_retrying_one_by_one", events=len(events))
+            return self._one_by_one(good, events, rejected)
+        verdicts = [
+            Verdict(record, event, framing, float(score), bool(score >= self.scorer.threshold))
+            for record, event, framing, score in zip(good, events, framings, scores, strict=True)
+        ]
+        self.record(verdicts)
+        return BatchResult(verdicts, rejected)
+
+    # -- the steps -------------------------------------------------------------------------------
+
+    def decode(self, records: Sequence[Record]) -> tuple[list[Event], list[Record], list[Rejected]]:
+        events, good, rejected = [], [], []
+        for record in records:
+            try:
+                events.append(decode_event(record.value, record.headers, self.limits))
+                good.append(record)
+            except DecodeError as exc:
+                rejected.append(Rejected(record, exc.reason, exc.detail))
+        return events, good, rejected
+
+    def detect(self, events: Sequence[Event]) -> list[FramingResult]:
+        if not events:
+            return []
+        before = (self.detector.embedder.cache_hits, self.detector.embedder.cache_misses)
+        results = self.detector.detect_many([e.prompt for e in events])
+        self.metrics.cache_hits.inc(self.detector.embedder.cache_hits - before[0])
+        self.metrics.cache_misses.inc(self.detector.embedder.cache_misses - before[1])
+        return results
+
+    def score(self, events: Sequence[Event]) -> np.ndarray:
+        if not events:
+            return np.zeros(0)
+        return self.scorer.score([e.response for e in events])
+
+    def record(self, verdicts: Sequence[Verdict]) -> None:
+        m = self.metrics
+        known = set(m.clusters)
+        for v in verdicts:
+            framing = v.framing.framing
+            cluster = v.framing.cluster if (framing != "none" and v.framing.cluster in known) else NO_CLUSTER
+            if cluster == NO_CLUSTER:
+                framing = "none"
+            model = m.model_label(v.event.model)
+            ex = exemplar(v.event.trace_id, v.event.event_id, v.record.partition, v.record.offset)
+            m.events.labels(model, framing, cluster).inc()
+            if v.misaligned:
+                m.failures.labels(model, framing, cluster).inc(exemplar=ex)
+            m.score.labels(framing).observe(v.misalignment_score, exemplar=ex)
+            if framing != "none":
+                m.similarity.labels(cluster).observe(v.framing.similarity)
+            self.windows.add(cluster, framing, 1, int(v.misaligned))
+            log.debug("event_processed", event_id=v.event.event_id, framing=framing, cluster=cluster,
+                      kafka=f"{v.record.topic}:{v.record.partition}:{v.record.offset}")
+            if framing != "none" or v.misaligned:
+                log.info("event_flagged", event_id=v.event.event_id, trace_id=v.event.trace_id, model=model,
+                         framing=framing, cluster=cluster, similarity=round(v.framing.similarity, 4),
+                         misalignment_score=round(v.misalignment_score, 4), misaligned=v.misaligned,
+                         kafka=f"{v.record.topic}:{v.record.partition}:{v.record.offset}",
+                         segment=text_field(v.framing.segment), prompt=text_field(v.event.prompt.text()))
+        m.events_processed.inc(len(verdicts))
+        if self.on_verdicts and verdicts:
+            self.on_verdicts(list(verdicts))
+
+    def _one_by_one(self, good: list[Record], events: list[Event], rejected: list[Rejected]) -> BatchResult:
+        verdicts: list[Verdict] = []
+        for record, event in zip(good, events, strict=True):
+            try:
+                framing = self.detector.detect_many([event.prompt])[0]
+                score = float(self.scorer.score([event.response])[0])
+            except Exception as exc:  # noqa: BLE001
+                log.exception("event_analysis_failed", event_id=event.event_id)
+                rejected.append(Rejected(record, "processing_error", f"{type(exc).__name__}: {exc}"[:300]))
+                continue
+            verdicts.append(Verdict(record, event, framing, score, score >= self.scorer.threshold))
+        self.record(verdicts)
+        return BatchResult(verdicts, rejected)

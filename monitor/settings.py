@@ -1,0 +1,163 @@
+"""One typed settings object for the whole process.
+
+Sources, lowest priority first: defaults, an optional YAML file (``--config``), then ``FRAMEWATCH_*``
+environment variables. Env wins so that a Helm chart can override one value of a shared ConfigMap.
+A YAML key is the field name (``kafka_topic: llm.inferences``); the env name is ``FRAMEWATCH_`` + the
+field name upper-cased.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_PREFIX = "FRAMEWATCH_"
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
+
+
+def default_model_dir() -> Path:
+    """Where ``build-model`` writes the embedder: ``$FRAMEWATCH_MODEL_DIR`` or ``<repo>/models/minilm``."""
+    return REPO_DIR / "models" / "minilm"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the setting and its source."""
+
+
+@dataclass
+class Settings:
+    # Kafka
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_topic: str = "llm.inferences"
+    kafka_group_id: str = "framewatch"
+    dlq_topic: str = "llm.inferences.dlq"
+    kafka_client_id: str = "framewatch"
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    kafka_sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    kafka_auto_offset_reset: str = "earliest"
+    kafka_max_poll_records: int = 256
+    kafka_session_timeout_ms: int = 10000
+    kafka_poll_timeout_ms: int = 500
+    # HTTP
+    http_host: str = "0.0.0.0"
+    http_port: int = 9464
+    # Event limits
+    max_event_bytes: int = 1_000_000
+    max_prompt_chars: int = 100_000
+    max_response_chars: int = 200_000
+    max_messages: int = 256
+    # Models
+    model_dir: str = field(default_factory=lambda: str(default_model_dir()))
+    embedding_cache_size: int = 50_000
+    embedding_batch_size: int = 64
+    embedding_max_tokens: int = 256
+    onnx_threads: int = 0  # 0 = onnxruntime's choice (all cores)
+    # Detection and scoring (filled by framing.py / scoring.py)
+    registry_path: str | None = None  # None = the registry shipped in the package
+    classifier_dir: str | None = None  # None = the classifier shipped in the package
+    response_prefix_chars: int = 2000
+    # Metrics
+    model_allowlist: list[str] = field(default_factory=list)
+    # Logging
+    log_level: str = "info"
+    log_text: bool = False  # never log raw prompt/response text unless the operator turns this on
+
+    @classmethod
+    def load(cls, config_file: str | os.PathLike[str] | None = None, env: typing.Mapping[str, str] | None = None
+             ) -> Settings:
+        """Defaults, then the YAML file, then the environment (env wins)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        config_file = config_file or env.get(ENV_PREFIX + "CONFIG")
+        if config_file:
+            path = Path(config_file)
+            try:
+                loaded = yaml.safe_load(path.read_text()) or {}
+            except (OSError, yaml.YAMLError) as exc:
+                raise SettingsError(f"cannot read config file {path}: {exc}") from exc
+            if not isinstance(loaded, dict):
+                raise SettingsError(f"config file {path} must hold a mapping of setting: value")
+            for key, raw in loaded.items():
+                values[key] = _coerce(key, raw, f"{path}")
+        for f in dataclasses.fields(cls):
+            name = ENV_PREFIX + f.name.upper()
+            if name in env:
+                values[f.name] = _coerce(f.name, env[name], f"${name}")
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not 0 < self.http_port < 65536:
+            raise SettingsError(f"http_port must be 1-65535, got {self.http_port}")
+        if self.kafka_max_poll_records < 1:
+            raise SettingsError("kafka_max_poll_records must be >= 1")
+        protocols = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
+        if self.kafka_security_protocol not in protocols:
+            raise SettingsError(f"kafka_security_protocol must be one of {sorted(protocols)}")
+        if self.kafka_auto_offset_reset not in {"earliest", "latest"}:
+            raise SettingsError("kafka_auto_offset_reset must be 'earliest' or 'latest'")
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as a dict with secrets masked, safe to log."""
+        out = dataclasses.asdict(self)
+        for key in ("kafka_sasl_password",):
+            if out.get(key):
+                out[key] = "***"
+        return out
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_HINTS = typing.get_type_hints(Settings)
+
+
+def _coerce(name: str, raw: Any, source: str) -> Any:
+    """Turn a YAML or env value into the field's type, with an error that names the setting and source."""
+    if name not in _FIELDS:
+        raise SettingsError(f"unknown setting {name!r} in {source}")
+    hint = _HINTS[name]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if isinstance(hint, types.UnionType) else hint
+    if raw is None or (optional and isinstance(raw, str) and raw == ""):
+        if optional:
+            return None
+        raise SettingsError(f"{name} ({source}) may not be empty")
+    try:
+        if base is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(f"not a boolean: {raw!r}")
+        if base is int:
+            if isinstance(raw, bool):
+                raise ValueError("boolean given")
+            return int(raw)
+        if base is float:
+            return float(raw)
+        if typing.get_origin(base) is list:
+            if isinstance(raw, str):
+                return [item.strip() for item in raw.split(",") if item.strip()]
+            if isinstance(raw, list):
+                return [str(item) for item in raw]
+            raise ValueError("expected a list or comma-separated string")
+        return str(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} ({source}): {exc}") from exc

@@ -1,0 +1,100 @@
+"""Wiring: settings -> models -> pipeline -> consumer + HTTP server. Used by ``run``, ``demo`` and tests."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from prometheus_client import disable_created_metrics
+
+from monitor import registry as registry_mod
+from monitor.api import create_app
+from monitor.consumer import SidecarConsumer
+from monitor.embedding import Embedder
+from monitor.events import Limits
+from monitor.framing import FramingDetector
+from monitor.logs import get_logger
+from monitor.metrics import Metrics
+from monitor.pipeline import Pipeline
+from monitor.scoring import ResponseScorer
+from monitor.settings import PACKAGE_DIR, Settings
+from monitor.windows import SlidingCounts
+
+log = get_logger("framewatch.sidecar")
+DEFAULT_REGISTRY = PACKAGE_DIR / "data" / "triggers.yaml"
+
+
+@dataclass
+class Sidecar:
+    settings: Settings
+    metrics: Metrics
+    pipeline: Pipeline
+    consumer: SidecarConsumer
+    watcher: registry_mod.RegistryWatcher
+    server: uvicorn.Server
+
+    def serve_http(self) -> threading.Thread:
+        thread = threading.Thread(target=self.server.run, name="http", daemon=True)
+        thread.start()
+        return thread
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: finish the batch, commit, leave the group. SIGHUP: re-read the registry now."""
+        def _stop(signum: int, _frame: object) -> None:
+            log.info("signal_received_stopping", signal=signal.Signals(signum).name)
+            self.consumer.stop()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        signal.signal(signal.SIGHUP, lambda *_: self.watcher.check(force=True))
+
+    def run(self) -> int:
+        """Serve HTTP in a thread, consume in this one; returns the exit code."""
+        http = self.serve_http()
+        try:
+            self.consumer.run()
+        finally:
+            self.server.should_exit = True
+            http.join(timeout=5)
+        return 0
+
+
+def build(settings: Settings) -> Sidecar:
+    disable_created_metrics()
+    metrics = Metrics(model_allowlist=settings.model_allowlist)
+    embedder = Embedder.load(settings.model_dir, cache_size=settings.embedding_cache_size,
+                             threads=settings.onnx_threads, batch_size=settings.embedding_batch_size,
+                             max_tokens=settings.embedding_max_tokens)
+    registry_path = Path(settings.registry_path) if settings.registry_path else DEFAULT_REGISTRY
+    registry = registry_mod.load_registry(registry_path)
+    detector = FramingDetector(registry, embedder)
+    scorer = ResponseScorer.load(settings.classifier_dir)
+    scorer.prefix_chars = settings.response_prefix_chars
+    metrics.set_clusters(registry.cluster_ids())
+    windows = SlidingCounts()
+    limits = Limits(settings.max_event_bytes, settings.max_prompt_chars, settings.max_response_chars,
+                    settings.max_messages)
+    pipeline = Pipeline(detector=detector, scorer=scorer, metrics=metrics, windows=windows, limits=limits)
+
+    def on_change(new: registry_mod.Registry) -> None:
+        detector.replace_registry(new)
+        metrics.set_clusters(new.cluster_ids())
+        windows.forget(set(new.cluster_ids()) | {"none"})
+        metrics.registry_reloads.labels("success").inc()
+        log.info("registry_reloaded", path=str(registry_path), clusters=new.cluster_ids())
+
+    def on_error(exc: Exception) -> None:
+        metrics.registry_reloads.labels("error").inc()
+        log.error("registry_reload_failed_keeping_previous", path=str(registry_path), error=str(exc))
+
+    watcher = registry_mod.RegistryWatcher(registry_path, on_change=on_change, on_error=on_error)
+    consumer = SidecarConsumer(settings, pipeline, metrics, on_batch=watcher.check)
+    app = create_app(metrics, consumer.state, windows, clusters=lambda: list(metrics.clusters))
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
+                                           log_level="warning", access_log=False))
+    log.info("sidecar_built", registry=str(registry_path), clusters=registry.cluster_ids(),
+             settings=settings.redacted())
+    return Sidecar(settings, metrics, pipeline, consumer, watcher, server)

@@ -1,0 +1,100 @@
+"""The ONNX embedder: parity with sentence-transformers, caching, and no torch on the run path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitor import replay
+from tests.conftest import MODEL_DIR, REPO, needs_model
+
+
+def varied_texts() -> list[str]:
+    texts = [json.loads(line)["text"] for line in (REPO / "data" / "parity_texts.jsonl").read_text().splitlines()]
+    rows = replay.load_rows()[:60]
+    texts += [r.prompt for r in rows] + [r.response for r in rows]
+    texts += ["", "a", "ÜBER naïve café — 東京 🚀", "x " * 600]  # empty, tiny, non-ASCII, over the token limit
+    return list(dict.fromkeys(texts))
+
+
+@needs_model
+def test_parity_with_sentence_transformers(embedder) -> None:  # type: ignore[no-untyped-def]
+    torch = pytest.importorskip("torch", reason="torch is not installed here (runtime-only env): parity needs it")
+    del torch
+    st_mod = pytest.importorskip("sentence_transformers", reason="sentence-transformers not installed")
+    from monitor._export import source_model_dir
+
+    texts = varied_texts()
+    assert len(texts) >= 200
+    reference = st_mod.SentenceTransformer(str(source_model_dir()), device="cpu").encode(
+        texts, normalize_embeddings=True, convert_to_numpy=True)
+    ours = embedder.embed(texts)
+    cos = np.sum(ours * reference, axis=1)
+    assert cos.min() >= 0.999, f"min cosine {cos.min():.5f} on {texts[int(cos.argmin())][:80]!r}"
+
+
+@needs_model
+def test_output_is_normalised_and_batch_independent(embedder) -> None:  # type: ignore[no-untyped-def]
+    texts = ["short", "a somewhat longer sentence about the weather in Paris today", "third " * 40]
+    together = embedder.embed(texts)
+    alone = np.stack([embedder.embed([t])[0] for t in texts])
+    assert together.shape == (3, 384) and together.dtype == np.float32
+    assert np.allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-4)
+    assert np.allclose(together, alone, atol=1e-4)  # dynamic padding must not change the result
+
+
+@needs_model
+def test_cache_serves_repeats() -> None:
+    from monitor.embedding import Embedder
+
+    e = Embedder.load(MODEL_DIR, cache_size=2)
+    e.embed(["one", "two", "one"])
+    assert (e.cache_misses, e.cache_hits) == (2, 1)
+    e.embed(["one", "two"])
+    assert (e.cache_misses, e.cache_hits) == (2, 3)
+    e.embed(["three"])  # evicts the least recently used ("one")
+    e.embed(["one"])
+    assert e.cache_misses == 4
+
+
+def test_missing_model_has_a_clear_error(tmp_path: Path) -> None:
+    from monitor.embedding import Embedder, ModelNotBuiltError
+
+    with pytest.raises(ModelNotBuiltError, match="build-model"):
+        Embedder.load(tmp_path)
+
+
+BLOCK_TORCH = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == 'torch' or name.startswith('torch.') or name.startswith('sentence_transformers'):
+            raise ImportError('torch is not installed in this environment (blocked by the test)')
+sys.meta_path.insert(0, Block())
+"""
+
+
+@needs_model
+def test_run_path_imports_no_torch() -> None:
+    """The sidecar's whole run path works where torch cannot be imported, and never loads it."""
+    code = BLOCK_TORCH + """
+from monitor.settings import Settings
+from monitor import sidecar, cli
+from monitor.commands import run, demo
+s = Settings.load(env={"FRAMEWATCH_HTTP_PORT": "1"})
+app = sidecar.build(s)
+from monitor.pipeline import Record
+import json
+value = json.dumps({"event_id": "e", "model": "m", "prompt": "hi", "response": "hello"}).encode()
+result = app.pipeline.process([Record("t", 0, 0, value)])
+assert len(result.verdicts) == 1, result
+assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch was imported"
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
