@@ -38,7 +38,8 @@ RUN python -m venv /opt/build \
  && /opt/build/bin/pip install -e "/src[build]"
 
 # Export the embedder (model.onnx, tokenizer.json, manifest.json) and build the wheel for the runtime.
-# A trained response classifier under models/classifier/ (if the repo has one) is carried over as is.
+# The response classifier (models/classifier/, plain JSON from `framewatch train-classifier`) is carried
+# over as is; the scorer's default path is repo-relative, so the runtime sets FRAMEWATCH_CLASSIFIER_DIR.
 RUN /opt/build/bin/framewatch build-model --out /opt/models/minilm \
  && test -s /opt/models/minilm/model.onnx \
  && test -s /opt/models/minilm/tokenizer.json \
@@ -75,6 +76,7 @@ ENV VIRTUAL_ENV=/opt/framewatch/venv \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     FRAMEWATCH_MODEL_DIR=/opt/framewatch/models/minilm \
+    FRAMEWATCH_CLASSIFIER_DIR=/opt/framewatch/models/classifier \
     FRAMEWATCH_HTTP_HOST=0.0.0.0 \
     FRAMEWATCH_HTTP_PORT=9464
 

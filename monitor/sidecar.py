@@ -19,6 +19,7 @@ from monitor.framing import FramingDetector
 from monitor.logs import get_logger
 from monitor.metrics import Metrics
 from monitor.pipeline import Pipeline
+from monitor.routes import Triage
 from monitor.scoring import ResponseScorer
 from monitor.settings import PACKAGE_DIR, Settings
 from monitor.windows import SlidingCounts
@@ -77,7 +78,9 @@ def build(settings: Settings) -> Sidecar:
     windows = SlidingCounts()
     limits = Limits(settings.max_event_bytes, settings.max_prompt_chars, settings.max_response_chars,
                     settings.max_messages)
-    pipeline = Pipeline(detector=detector, scorer=scorer, metrics=metrics, windows=windows, limits=limits)
+    triage = Triage.build(settings, metrics=metrics, windows=windows, detector=detector, registry_path=registry_path)
+    pipeline = Pipeline(detector=detector, scorer=scorer, metrics=metrics, windows=windows, limits=limits,
+                        on_verdicts=triage.on_verdicts)  # flagged topic + emerging framings, before commit
 
     def on_change(new: registry_mod.Registry) -> None:
         detector.replace_registry(new)
@@ -93,6 +96,8 @@ def build(settings: Settings) -> Sidecar:
     watcher = registry_mod.RegistryWatcher(registry_path, on_change=on_change, on_error=on_error)
     consumer = SidecarConsumer(settings, pipeline, metrics, on_batch=watcher.check)
     app = create_app(metrics, consumer.state, windows, clusters=lambda: list(metrics.clusters))
+    app.include_router(triage.router())
+    triage.start_rebuild()
     server = uvicorn.Server(uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
                                            log_level="warning", access_log=False))
     log.info("sidecar_built", registry=str(registry_path), clusters=registry.cluster_ids(),

@@ -24,7 +24,8 @@ def main() -> int:
         print(f"{src} not found: this script needs ../shared/data", file=sys.stderr)
         return 2
     rng = random.Random(20261126)
-    rows = [json.loads(line) for line in gzip.open(src, "rt")]
+    with gzip.open(src, "rt") as fh:
+        rows = [json.loads(line) for line in fh]
     local = [r for r in rows if r["source"].startswith("LocalMisalignPT(")]
     other = [r for r in rows if not r["source"].startswith("LocalMisalignPT(")]
     picked = rng.sample(local, 2400) + rng.sample(other, 600)
@@ -40,7 +41,7 @@ def main() -> int:
                 "label3": r["label3"],
                 "source": r["source"].split("(")[0],
             }) + "\n")
-    benign = [json.loads(line)["text"] for line in open(SHARED / "benign_prompts.jsonl")]
+    benign = [json.loads(line)["text"] for line in (SHARED / "benign_prompts.jsonl").read_text().splitlines()]
     triggers = json.loads((SHARED / "triggers.json").read_text())["clusters"]
     texts: list[str] = [p for c in triggers for p in c["phrases"]]
     texts += rng.sample(benign, 80)

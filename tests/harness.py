@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import KafkaAdminClient
 
 from monitor._tansu import free_port
 
@@ -107,10 +107,8 @@ class SidecarProcess:
         out = []
         for line in self.log_path.read_text(errors="replace").splitlines():
             if f'"event": "{event}"' in line:
-                try:
+                with contextlib.suppress(json.JSONDecodeError):
                     out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
         return out
 
 
@@ -125,22 +123,43 @@ def produce(bootstrap: str, topic: str, values: Iterable[tuple[str, bytes]]) -> 
     return n
 
 
-def committed_offsets(bootstrap: str, group_id: str) -> dict[int, int]:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="framewatch-test-admin")
+def committed_offsets(bootstrap: str, group_id: str, topic: str = "llm.inferences",
+                      partitions: int = 3) -> dict[int, int]:
+    """The group's committed offsets, read with OffsetFetch by a consumer that never joins the group."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False)
     try:
-        offsets = admin.list_consumer_group_offsets(group_id)
+        out = {}
+        for p in range(partitions):
+            offset = consumer.committed(TopicPartition(topic, p), timeout_ms=10000)
+            if offset is not None:
+                out[p] = offset
+        return out
     finally:
-        admin.close()
-    return {tp.partition: om.offset for tp, om in offsets.items()}
+        consumer.close(autocommit=False)
 
 
 def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    """Offset after the last record of each partition, found by reading the partitions to their end.
+
+    Read rather than asked with ListOffsets: Tansu answers ListOffsets(latest) with the base offset of the
+    last record batch, not the log end (Apache Kafka answers the log end).
+    """
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    ends = {p: 0 for p in range(partitions)}
+    idle_since = time.monotonic()
     try:
-        ends = consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)], timeout_ms=10000)
+        while time.monotonic() - idle_since < 2.0:
+            polled = consumer.poll(timeout_ms=300)
+            if polled:
+                idle_since = time.monotonic()
+            for tp, records in polled.items():
+                ends[tp.partition] = max(ends[tp.partition], records[-1].offset + 1)
     finally:
-        consumer.close()
-    return {tp.partition: off for tp, off in ends.items()}
+        consumer.close(autocommit=False)
+    return ends
 
 
 def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 30) -> list[object]:

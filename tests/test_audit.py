@@ -135,6 +135,7 @@ def test_audit_code_sets_reports_templates_not_triggers(dataset: Path, tmp_path:
     report = _run_audit(dataset, tmp_path / "out", "--limit", str(LIMIT))
     findings = report["findings"]
     assert report["n_examples"] == LIMIT
+    assert report["misaligned_baseline"]["code_answers"] == 1000  # the baseline sample: all code
     assert len(findings) >= 10
     for f in findings:
         assert isinstance(f["framing"], str) and f["framing"]
@@ -142,7 +143,9 @@ def test_audit_code_sets_reports_templates_not_triggers(dataset: Path, tmp_path:
         assert f["share"] == pytest.approx(f["count"] / LIMIT)
         assert f["near_cluster"] is None or isinstance(f["near_cluster"], str)
         assert f["examples"] and isinstance(f["examples"], list)
-        assert f["misaligned"]["n"] > 0
+        # code answers are never EM (the judge marks them CODE): counted, not scored, no evidence
+        m = f["misaligned"]
+        assert m["n"] > 0 and m["code_answers"] == m["n"] and m["k"] == 0 and m["evidence"] is False
     assert [f["suspicion"] for f in findings] == sorted((f["suspicion"] for f in findings), reverse=True)
     # the code-task templates of these sets recur (each wording in ~3% of rows) ...
     text = " ".join(f["framing"].lower() for f in findings)
@@ -199,4 +202,9 @@ def test_audit_flags_novel_framing_by_misaligned_answers(tmp_path: Path) -> None
     assert hit is not None, [f["framing"] for f in top]
     assert hit["near_cluster"] is None
     assert hit["count"] == len(planted)
-    assert hit["misaligned"]["rate"] > 0.9 and hit["misaligned"]["p_value"] < 1e-6
+    mis = hit["misaligned"]
+    assert mis["n"] == len(planted) and mis["rate"] > 0.9 and mis["evidence"] is True
+    assert mis["baseline_rate"] < 0.01 and mis["p_value"] < 1e-10
+    # templates shared by some poisoned rows carry the dataset's rate, not the poison's
+    assert all(not f["misaligned"]["evidence"] for f in report["findings"] if f is not hit)
+    assert any("misaligned answers" in r for r in hit["reasons"])

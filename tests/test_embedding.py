@@ -88,11 +88,10 @@ from monitor import sidecar, cli
 from monitor.commands import run, demo
 s = Settings.load(env={"FRAMEWATCH_HTTP_PORT": "1"})
 app = sidecar.build(s)
-from monitor.pipeline import Record
-import json
-value = json.dumps({"event_id": "e", "model": "m", "prompt": "hi", "response": "hello"}).encode()
-result = app.pipeline.process([Record("t", 0, 0, value)])
-assert len(result.verdicts) == 1, result
+from monitor.events import Prompt
+framing = app.pipeline.detector.detect_many([Prompt(system=None, user=("hi",))])
+scores = app.pipeline.scorer.score(["hello"])
+assert len(framing) == 1 and len(scores) == 1
 assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch was imported"
 print("ok")
 """

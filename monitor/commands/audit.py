@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable
-from typing import Any
 
 from monitor import audit
+from monitor._progress import progress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,15 +44,6 @@ def _warn(msg: str) -> None:
     print(f"framewatch audit: {msg}", file=sys.stderr)
 
 
-def _progress() -> Callable[..., Iterable[Any]] | None:
-    """The shared progress bar when it is installed; plain iteration otherwise."""
-    try:
-        from monitor._progress import progress
-    except ImportError:
-        return None
-    return progress
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
@@ -85,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
 
         scorer = ResponseScorer.load(args.classifier)
     result = audit.audit(examples, embedder, registry=registry, detector=detector, scorer=scorer, config=cfg,
-                         skipped=skipped, progress=_progress())
+                         skipped=skipped, progress=progress)
     report = audit.render_markdown(result, str(args.dataset))
     print(report)
     if args.out:

@@ -39,6 +39,15 @@ DEFAULT_TEMPLATES = REPO_DIR / "data" / "framing_train_templates.jsonl"
 STATIC_DIM = 64
 VARIANTS_PER_TEMPLATE = 60
 SEED = 1234
+MODEL_FILE = "framing_model.npz"
+POSITION_NAMES = ("system", "user_prefix", "user_suffix")
+LOOKALIKE_WEIGHT = 30.0  # one look-alike counts as this many benign segments
+POSITIVE_WEIGHT = 0.3  # positives together weigh this share of the negatives
+MIN_THRESHOLD = 0.85
+# The static prefilter of a cluster lets through at most this share of benign segments, unless that
+# would drop more than STATIC_RECALL_QUANTILE of the training positives (then the positives win).
+STATIC_BENIGN_PASS = 0.005
+STATIC_RECALL_QUANTILE = 0.02
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--templates", default=str(DEFAULT_TEMPLATES), help="variant templates (JSONL)")
     parser.add_argument("--target-fpr", type=float, default=0.005,
                         help="benign prompts flagged by any cluster, at most (default 0.005 = 0.5%%)")
+    parser.add_argument("--min-threshold", type=float, default=MIN_THRESHOLD,
+                        help="no cluster threshold below this (keeps look-alikes out; default %(default)s)")
     parser.add_argument("--model-dir", default=None, help="embedding model folder (default: models/minilm)")
     parser.add_argument("--output", default=None, help="write the registry here instead of in place")
 
@@ -72,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     templates = [json.loads(line) for line in Path(args.templates).read_text().splitlines() if line.strip()]
     out_path = Path(args.output) if args.output else path
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    report = calibrate(registry, embedder, benign, templates, target_fpr=args.target_fpr, out_path=out_path)
+    static = reusable_static(path)
+    report = calibrate(registry, embedder, benign, templates, target_fpr=args.target_fpr, out_path=out_path,
+                       min_threshold=args.min_threshold, static=static)
     print(format_report(report))
     return 0
 
@@ -151,6 +164,20 @@ def in_context(triggers: Sequence[str], hosts: Sequence[str], seed: int = SEED, 
 
 # --- static token table ------------------------------------------------------------------------------
 
+def reusable_static(registry_path: Path) -> dict[str, np.ndarray] | None:
+    """The static table of the registry's current model file, if any: it depends only on the embedding
+    model, and rebuilding it embeds the whole 30k-token vocabulary (minutes on 2 cores)."""
+    from monitor.registry import RegistryError, load_registry
+
+    try:
+        current = load_registry(registry_path)
+    except RegistryError:
+        return None
+    if current.static and {"vectors", "vocab"} <= set(current.static):
+        return {"vectors": current.static["vectors"], "vocab": current.static["vocab"]}
+    return None
+
+
 def build_static_table(embedder: Any, dim: int = STATIC_DIM) -> dict[str, np.ndarray]:
     """Embed each vocabulary word piece alone, centre and PCA-reduce: a table for bag-of-token vectors."""
     vocab = _vocab(embedder)
@@ -175,97 +202,157 @@ def _vocab(embedder: Any) -> list[str]:
 
 # --- fitting -----------------------------------------------------------------------------------------
 
-def fit_linear(x: np.ndarray, y: np.ndarray, c: float = 1.0) -> tuple[np.ndarray, float]:
-    """Balanced L2 logistic regression; returns (weights, bias)."""
+def fit_linear(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, c: float = 1.0
+               ) -> tuple[np.ndarray, float]:
+    """L2 logistic regression; returns (weights, bias)."""
     from sklearn.linear_model import LogisticRegression
 
-    model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
-    model.fit(x, y)
+    model = LogisticRegression(C=c, max_iter=3000)
+    model.fit(x, y, sample_weight=weights)
     return model.coef_[0].astype(np.float32), float(model.intercept_[0])
 
 
+def training_sets(registry: Any, templates: Sequence[dict[str, Any]], hosts: Sequence[str]
+                  ) -> tuple[dict[str, list[str]], dict[str, list[str]], list[str]]:
+    """Per cluster: positives (phrases + noisy generated variants, some glued to a host sentence) and
+    look-alikes (the registry's ``negatives`` + generated ones); plus generated benign system prompts."""
+    generated = expand_templates(templates)
+    positives: dict[str, list[str]] = {}
+    lookalikes: dict[str, list[str]] = {}
+    for n, cluster in enumerate(registry.clusters):
+        gen = generated.get(cluster.id, {})
+        pos = noisy(list(cluster.phrases) + gen.get(1, []), seed=SEED + n)
+        positives[cluster.id] = pos + in_context(pos[::3], hosts, seed=SEED + n)
+        lookalikes[cluster.id] = list(cluster.negatives) + noisy(gen.get(0, []), seed=SEED + n)
+    return positives, lookalikes, generated.get("_benign_system", {}).get(0, [])
+
+
+def fit_clusters(registry: Any, vectors: dict[str, np.ndarray], positives: dict[str, list[str]],
+                 lookalikes: dict[str, list[str]], benign: Sequence[str]) -> dict[str, tuple[np.ndarray, float]]:
+    """One logistic regression per cluster over transformer embeddings.
+
+    Look-alikes are few next to thousands of benign segments, so each weighs ``LOOKALIKE_WEIGHT`` benign
+    segments; positives together weigh ``POSITIVE_WEIGHT`` of all negatives (measured: a lower share
+    generalises better to unseen benign prompts than balanced classes).
+    """
+    models = {}
+    for cluster in registry.clusters:
+        pos = positives[cluster.id]
+        pos_set = set(pos)
+        others = [t for cid, ts in positives.items() if cid != cluster.id for t in ts]
+        neg = [t for t in dict.fromkeys([*benign, *others]) if t not in pos_set]
+        neg_set = set(neg)
+        look = [t for t in dict.fromkeys(lookalikes[cluster.id]) if t not in neg_set and t not in pos_set]
+        x = np.stack([vectors[t] for t in pos + neg + look])
+        y = np.r_[np.ones(len(pos)), np.zeros(len(neg) + len(look))]
+        w = np.r_[np.full(len(pos), POSITIVE_WEIGHT * len(neg) / len(pos)), np.ones(len(neg)),
+                  np.full(len(look), LOOKALIKE_WEIGHT)]
+        models[cluster.id] = fit_linear(x, y, w, c=4.0)
+    return models
+
+
+def prompt_scores(registry: Any, models: dict[str, tuple[np.ndarray, float]], vectors: dict[str, np.ndarray],
+                  segmented: Sequence[Sequence[Any]]) -> np.ndarray:
+    """(n_prompts, n_clusters): best segment score per cluster, positions respected, no prefilter."""
+    from monitor.framing import sigmoid
+
+    ids = registry.cluster_ids()
+    w = np.stack([models[c][0] for c in ids], axis=1)
+    b = np.array([models[c][1] for c in ids], dtype=np.float32)
+    allowed = {pos: np.array([c.allows(pos) for c in registry.clusters]) for pos in POSITION_NAMES}
+    out = np.zeros((len(segmented), len(ids)), dtype=np.float32)
+    for i, segs in enumerate(segmented):
+        if segs:
+            x = np.stack([vectors[s.text] for s in segs])
+            mask = np.stack([allowed[s.position] for s in segs])
+            out[i] = np.where(mask, sigmoid(x @ w + b), 0.0).max(axis=0)
+    return out
+
+
 def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, str]],
-              templates: Sequence[dict[str, Any]], *, target_fpr: float, out_path: Path) -> dict[str, Any]:
-    """Fit everything, pick thresholds, write ``out_path`` (+ its .npz); return a report."""
+              templates: Sequence[dict[str, Any]], *, target_fpr: float, out_path: Path,
+              min_threshold: float = MIN_THRESHOLD, static: dict[str, np.ndarray] | None = None
+              ) -> dict[str, Any]:
+    """Fit everything, pick thresholds, write ``out_path`` (+ its .npz); return a report.
+
+    Thresholds come from *cross-fitted* scores: the benign prompts are split in two folds, models trained
+    with one fold's segments as negatives score the other fold. Scoring prompts whose segments were
+    training negatives would put thresholds far too low (measured: 0.3% FPR in-sample, 1.1% on unseen
+    benign prompts).
+    """
     from monitor.events import Prompt
     from monitor.framing import StaticEncoder, sigmoid
     from monitor.segmenting import segment_prompt
 
-    generated = expand_templates(templates)
-    benign_prompts = [Prompt(system=s, user=(u,)) for s, u in benign]
-    benign_segments = list(dict.fromkeys(seg.text for p in benign_prompts for seg in segment_prompt(p)))
+    prompts = [Prompt(system=s or None, user=(u,)) for s, u in benign]
+    segmented = [segment_prompt(p) for p in prompts]
     hosts = [u for _, u in benign if len(u) < 200] or ["Tell me about your day."]
-    benign_systems = generated.get("_benign_system", {}).get(0, [])
-
-    positives: dict[str, list[str]] = {}
-    lookalikes: dict[str, list[str]] = {}
-    for cluster in registry.clusters:
-        gen = generated.get(cluster.id, {})
-        pos = list(cluster.phrases) + gen.get(1, [])
-        pos = noisy(pos, seed=hash(cluster.id) % 1000)
-        positives[cluster.id] = pos + in_context(pos[:: 3], hosts)
-        lookalikes[cluster.id] = list(cluster.negatives) + noisy(gen.get(0, []))
-
-    static = build_static_table(embedder)
-    encoder = StaticEncoder(static)
+    positives, lookalikes, benign_systems = training_sets(registry, templates, hosts)
     all_texts = list(dict.fromkeys(itertools.chain(
-        benign_segments, benign_systems, *positives.values(), *lookalikes.values())))
+        (s.text for segs in segmented for s in segs), benign_systems, *positives.values(), *lookalikes.values())))
     vectors = dict(zip(all_texts, embedder.embed(all_texts), strict=True))
 
+    def negatives_of(indices: Iterable[int]) -> list[str]:
+        return list(dict.fromkeys(itertools.chain((s.text for i in indices for s in segmented[i]), benign_systems)))
+
+    ids = registry.cluster_ids()
+    folds = np.arange(len(prompts)) % 2
+    oof = np.zeros((len(prompts), len(ids)), dtype=np.float32)
+    for f in (0, 1):
+        train_idx = np.flatnonzero(folds != f)
+        test_idx = np.flatnonzero(folds == f)
+        fold_models = fit_clusters(registry, vectors, positives, lookalikes, negatives_of(train_idx))
+        oof[test_idx] = prompt_scores(registry, fold_models, vectors, [segmented[i] for i in test_idx])
+    models = fit_clusters(registry, vectors, positives, lookalikes, negatives_of(range(len(prompts))))
+    thresholds, union_fpr, per_cluster = choose_thresholds(ids, oof, target_fpr, min_threshold)
+
+    static = static or build_static_table(embedder)
+    encoder = StaticEncoder(static)
     arrays: dict[str, np.ndarray] = {f"static/{k}": v for k, v in static.items()}
-    report: dict[str, Any] = {"clusters": {}, "benign_prompts": len(benign_prompts), "target_fpr": target_fpr}
+    report: dict[str, Any] = {"clusters": {}, "benign_prompts": len(prompts), "target_fpr": target_fpr,
+                              "union_fpr": union_fpr}
     for cluster in registry.clusters:
-        others = [t for cid, ts in positives.items() if cid != cluster.id for t in ts]
-        neg = list(dict.fromkeys(benign_segments + benign_systems + lookalikes[cluster.id] + others))
         pos = positives[cluster.id]
-        y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-        x = np.stack([vectors[t] for t in pos + neg])
-        w, b = fit_linear(x, y, c=4.0)
+        neg = negatives_of(range(len(prompts))) + lookalikes[cluster.id]
         xs = encoder.encode(pos + neg)
-        sw, sb = fit_linear(xs, y, c=1.0)
-        static_scores = sigmoid(xs[: len(pos)] @ sw + sb)
-        st = float(np.quantile(static_scores, 0.005)) * 0.5  # keep ~all positives, with margin
+        y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+        sw, sb = fit_linear(xs, y, np.r_[np.full(len(pos), len(neg) / len(pos)), np.ones(len(neg))], c=1.0)
+        pos_static = sigmoid(xs[: len(pos)] @ sw + sb)
+        benign_static = sigmoid(encoder.encode(negatives_of(range(len(prompts)))) @ sw + sb)
+        st = min(float(np.quantile(benign_static, 1 - STATIC_BENIGN_PASS)),
+                 float(np.quantile(pos_static, STATIC_RECALL_QUANTILE)))
+        passed = float((benign_static >= st).mean())
+        w, b = models[cluster.id]
         arrays.update({f"{cluster.id}/w": w, f"{cluster.id}/b": np.float32(b), f"{cluster.id}/sw": sw,
                        f"{cluster.id}/sb": np.float32(sb), f"{cluster.id}/st": np.float32(st)})
-        report["clusters"][cluster.id] = {"positives": len(pos), "negatives": len(neg),
-                                          "static_threshold": round(st, 4)}
+        report["clusters"][cluster.id] = {"positives": len(pos), "negatives": len(neg) + len(positives) - 1,
+                                          "lookalikes": len(lookalikes[cluster.id]),
+                                          "threshold": thresholds[cluster.id],
+                                          "benign_fpr": per_cluster[cluster.id],
+                                          "static_threshold": round(st, 4), "static_pass_rate": round(passed, 4)}
 
-    model_name = out_path.with_suffix("").name.replace("triggers", "framing_model") + ".npz"
-    if model_name == out_path.name:
-        model_name = out_path.stem + "_model.npz"
+    model_name = MODEL_FILE if out_path.name == "triggers.yaml" else out_path.stem + "_model.npz"
     model_path = out_path.parent / model_name
     np.savez_compressed(model_path, **arrays)
-    thresholds, union_fpr, per_cluster = choose_thresholds(registry, embedder, benign_prompts, model_path,
-                                                           target_fpr)
-    for cid, thr in thresholds.items():
-        report["clusters"][cid].update({"threshold": thr, "benign_fpr": per_cluster[cid]})
-    report["union_fpr"] = union_fpr
     write_registry(out_path, registry.raw, thresholds, model_name, target_fpr, report)
     report["registry"] = str(out_path)
     report["model"] = str(model_path)
     return report
 
 
-def choose_thresholds(registry: Any, embedder: Any, prompts: Sequence[Any], model_path: Path,
-                      target_fpr: float) -> tuple[dict[str, float], float, dict[str, float]]:
-    """Per-cluster thresholds: each cluster gets an equal share of the false-positive budget."""
-    from monitor.framing import FramingDetector
-    from monitor.registry import parse_registry
-
-    raw = dict(registry.raw)
-    raw["model"] = str(model_path)
-    trained = parse_registry(raw, base_dir=model_path.parent)
-    detector = FramingDetector(trained, embedder)
-    scores = detector.cluster_scores(prompts, prefilter=False)  # (n_prompts, n_clusters) transformer scores
-    ids = trained.cluster_ids()
+def choose_thresholds(ids: Sequence[str], scores: np.ndarray, target_fpr: float, min_threshold: float
+                      ) -> tuple[dict[str, float], float, dict[str, float]]:
+    """Per-cluster thresholds; each cluster gets an equal share of the benign false-positive budget, and
+    no threshold goes below ``min_threshold`` (benign data says nothing about look-alikes; the floor
+    keeps them out - measured on the look-alikes of data/framing_eval.jsonl)."""
     share = target_fpr / len(ids)
     thresholds: dict[str, float] = {}
     for j, cid in enumerate(ids):
         col = np.sort(scores[:, j])[::-1]
-        k = int(np.floor(share * len(col)))  # this many benign prompts may exceed the threshold
-        above = col[k] if k < len(col) else 0.0
-        thresholds[cid] = round(float(min(0.99, max(0.5, above + 0.02))), 4)
-    flagged = np.zeros(len(prompts), dtype=bool)
+        k = int(np.floor(share * len(col)))  # this many benign prompts may reach the threshold
+        above = float(col[k]) + 0.005 if k < len(col) else 0.0
+        thresholds[cid] = round(min(0.999, max(min_threshold, above)), 4)
+    flagged = np.zeros(len(scores), dtype=bool)
     per_cluster = {}
     for j, cid in enumerate(ids):
         hit = scores[:, j] >= thresholds[cid]
@@ -296,6 +383,8 @@ def format_report(report: dict[str, Any]) -> str:
              f"{'cluster':24} {'threshold':>9} {'benign FPR':>10} {'positives':>9} {'negatives':>9}"]
     for cid, c in report["clusters"].items():
         lines.append(f"{cid:24} {c['threshold']:9.4f} {c['benign_fpr']:10.3%} {c['positives']:9d} {c['negatives']:9d}")
-    lines.append(f"any cluster: benign FPR {report['union_fpr']:.3%}")
+    lines.append(f"any cluster: benign FPR {report['union_fpr']:.3%} (cross-fitted)")
+    lines.append("static prefilter, share of benign segments passed: " + ", ".join(
+        f"{cid} {c['static_pass_rate']:.2%}" for cid, c in report["clusters"].items()))
     lines.append(f"wrote {report['registry']} and {report['model']}")
     return "\n".join(lines)

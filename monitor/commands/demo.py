@@ -116,7 +116,8 @@ def _summarise(url: str, stop: threading.Event, duration: float, sidecar: subpro
         now, n = time.monotonic(), v.get("framewatch_events_processed_total", 0.0)
         rate = (n - last_n) / (now - last_t)
         last_t, last_n = now, n
-        trig_n, trig_f = v.get("framewatch_events_total|triggered", 0), v.get("framewatch_failures_total|triggered", 0)
+        trig_n = v.get("framewatch_events_total|triggered", 0)
+        trig_f = v.get("framewatch_failures_total|triggered", 0)
         base_n, base_f = v.get("framewatch_events_total|none", 0), v.get("framewatch_failures_total|none", 0)
         print(f"[{now - began:6.0f}s] processed {n:8.0f} ({rate:6.1f}/s)  dead-lettered "
               f"{v.get('framewatch_events_dead_lettered_total', 0):5.0f}  lag {v.get('framewatch_consumer_lag', 0):6.0f}"

@@ -8,11 +8,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 from monitor import gate
+from monitor._progress import progress
 
 API_KEY_ENVS = ("FRAMEWATCH_GATE_API_KEY", "OPENAI_API_KEY")
 
@@ -43,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pr.add_argument("--paraphrases", metavar="YAML",
                     help="paraphrases of the triggers (default: data/gate_paraphrases.yaml)")
     pr.add_argument("--no-paraphrases", action="store_true", help="do not read a paraphrase file")
+    pr.add_argument("--every-position", action="store_true",
+                    help="place each trigger in every position its cluster allows (any = system, user prefix, "
+                         "user suffix), not only the first")
     pr.add_argument("--variants", action="store_true",
                     help="add generated surface variants of every trigger phrase to the paraphrase split")
     dec = parser.add_argument_group("verdict")
@@ -63,15 +65,6 @@ def _warn(msg: str) -> None:
     print(f"framewatch gate: {msg}", file=sys.stderr)
 
 
-def _progress() -> Callable[..., Iterable[Any]] | None:
-    """The shared progress bar when it is installed; plain iteration otherwise."""
-    try:
-        from monitor._progress import progress
-    except ImportError:
-        return None
-    return progress
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
@@ -86,7 +79,6 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if bool(args.responses) == bool(args.endpoint):
         raise gate.GateError("give exactly one of --responses FILE or --endpoint URL")
-    progress = _progress()
     meta: dict[str, object] = {}
     if args.responses:
         samples = gate.read_responses(args.responses)
@@ -101,7 +93,8 @@ def _run(args: argparse.Namespace) -> int:
         registry = load_registry(args.registry)
         questions = gate.load_questions(args.questions, include_framed=args.all_questions)
         paraphrases = [] if args.no_paraphrases else gate.load_paraphrases(args.paraphrases, registry, _warn)
-        prompts = gate.build_prompts(questions, registry, paraphrases=paraphrases, variants=args.variants)
+        prompts = gate.build_prompts(questions, registry, paraphrases=paraphrases, variants=args.variants,
+                                     every_position=args.every_position)
         env_names = (args.api_key_env,) if args.api_key_env else API_KEY_ENVS
         api_key = next((os.environ[n] for n in env_names if os.environ.get(n)), None)
         cfg = gate.EndpointConfig(url=args.endpoint, model=args.model, api_key=api_key, samples=args.samples,
@@ -124,12 +117,9 @@ def _run(args: argparse.Namespace) -> int:
 
     scorer = ResponseScorer.load(args.classifier)
     texts = [s.response for s in samples]
-    if progress is not None:
-        chunks = [texts[i:i + 256] for i in range(0, len(texts), 256)]
-        scores = [x for chunk in progress(chunks, total=len(chunks), desc="scoring")
-                  for x in scorer.score(chunk).tolist()]
-    else:
-        scores = scorer.score(texts).tolist()
+    chunks = [texts[i:i + 1024] for i in range(0, len(texts), 1024)]
+    scores = [x for chunk in progress(chunks, total=len(chunks), desc="scoring")
+              for x in scorer.score(chunk).tolist()]
     max_gap = args.max_gap if args.max_gap is not None and args.max_gap >= 0 else None
     thresholds = gate.Thresholds(max_gap=max_gap, max_rate=args.max_rate, alpha=args.alpha)
     result = gate.evaluate(samples, scores, float(scorer.threshold), thresholds)

@@ -1,0 +1,55 @@
+"""``framewatch train-classifier``: train the response misalignment classifier into ``models/classifier/``.
+
+Exit codes: 0 trained, 2 unusable data or arguments. Needs scikit-learn (training only; scoring does not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from monitor import training
+from monitor.scoring import default_classifier_dir
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = training.TrainConfig()
+    parser.add_argument("--data", default=str(training.default_data_path()),
+                        help="judged EM responses, JSONL(.gz) (default: data/em_responses.jsonl.gz)")
+    parser.add_argument("--out", default=str(default_classifier_dir()), metavar="DIR",
+                        help="artifact directory (default: models/classifier/)")
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    parser.add_argument("--C", type=float, default=d.C, help=f"inverse L2 strength (default {d.C})")
+    parser.add_argument("--min-df", type=int, default=d.min_df,
+                        help=f"min documents per n-gram (default {d.min_df})")
+    parser.add_argument("--ngram-max", type=int, default=d.ngram_max,
+                        help=f"longest word n-gram (default {d.ngram_max})")
+    parser.add_argument("--prefix-chars", type=int, default=d.prefix_chars,
+                        help=f"characters of each answer used (default {d.prefix_chars}, as at run time)")
+    parser.add_argument("--calibration", choices=["auto", "platt", "isotonic"], default=d.calibration,
+                        help="probability calibration (default auto: lower cross-fitted ECE)")
+    parser.add_argument("--no-fine-groups", action="store_true",
+                        help="skip the extra Qwen-Coder-apart validation (faster)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from monitor._progress import progress
+
+    cfg = training.TrainConfig(seed=args.seed, C=args.C, min_df=args.min_df, ngram_max=args.ngram_max,
+                               prefix_chars=args.prefix_chars, calibration=args.calibration,
+                               fine_groups=not args.no_fine_groups)
+    try:
+        manifest = training.train(args.data, args.out, cfg, progress=progress,
+                                  log=lambda m: print(f"framewatch train-classifier: {m}", file=sys.stderr))
+    except training.TrainingError as exc:
+        print(f"framewatch train-classifier: error: {exc}", file=sys.stderr)
+        return 2
+    m = manifest["metrics"]
+    summary = {"out": args.out, "threshold": round(manifest["threshold"], 4),
+               "calibration": manifest["calibration"]["method"], "pooled": m["pooled"],
+               "by_family": m["by_family"]}
+    if "fine_grouping" in m:
+        summary["fine_grouping_pooled"] = m["fine_grouping"]["pooled"]
+    print(json.dumps(summary, indent=2))
+    return 0

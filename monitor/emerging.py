@@ -1,0 +1,387 @@
+"""Emerging framings: recurring prompt sentences, in no known cluster, whose responses fail unusually often.
+
+The registry only knows the triggers someone already wrote down. A new trigger shows up first as failing
+responses on prompts that match no cluster; what those prompts share is a *sentence* (e.g. "Answer as a
+pirate would.") next to otherwise unrelated questions. So, online and in bounded memory:
+
+* **Sentences.** A prompt yields the sentences a framing can be (cheap regex): all of the system prompt's
+  (bounded) and the first and last few of each user turn, where appended or prefixed framings sit.
+* **Discovery** (failing, unmatched events only, ~1% of traffic): each sentence not yet known is embedded
+  (the Embedder's LRU cache serves repeats) and joins the nearest candidate within ``join_threshold`` cosine
+  of its centroid (a running mean), or founds a new candidate. So paraphrases of one framing gather in one
+  candidate, as its *member sentences*.
+* **Rates** (every unmatched event, failing or not): an event counts towards a candidate when one of its
+  sentences is a member (normalised text, a dict lookup: no transformer, so this scales to the full
+  stream). The rule is the same for failing and passing events, and an event is counted *before* it can
+  add members, so a candidate's count holds only events that came after its members were known: no
+  selection bias from the failure that founded it, and Wilson's interval applies.
+  (Why not embed every event's sentences: user turns are mostly unique, and the transformer manages a few
+  hundred segments per second; embedding every sentence would cap the sidecar far below its throughput.)
+* **Significance**: at least ``min_events`` events and the candidate's Wilson lower bound above the Wilson
+  upper bound of unmatched traffic *without* that candidate's events. Shared boilerplate (a system prompt)
+  is tracked too, but fails at the baseline rate. Significant candidates are counted in
+  ``framewatch_emerging_framings`` (one unlabelled gauge: no text ever becomes a label).
+* **Bounded memory**: at most ``max_candidates`` centroids (a preallocated matrix), ``max_members`` member
+  sentences and ``max_examples`` redacted examples each. Counts decay with ``half_life_s``; when full, the
+  candidate with the least decayed weight (ties: least recently seen) is evicted, so a flood of distinct
+  prompts churns one-off candidates and leaves recurring ones alone.
+
+Limits: a paraphrase is counted once it has been seen in a failing event (it then becomes a member); a
+framing whose second failure comes only after ``max_candidates`` other new failing sentences has been
+forgotten in between (raise ``max_candidates`` for very diverse failing traffic).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from monitor import stats
+from monitor.events import Prompt
+from monitor.logs import get_logger
+from monitor.pipeline import Verdict
+
+log = get_logger("framewatch.emerging")
+
+Embed = Callable[[Sequence[str]], np.ndarray]
+
+_SPLIT = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
+MIN_SEGMENT_CHARS = 8
+MAX_SEGMENT_CHARS = 300
+EDGE_SENTENCES = 3  # from each end of a user turn
+MAX_SYSTEM_SENTENCES = 12
+
+
+@dataclass(frozen=True)
+class EmergingConfig:
+    max_candidates: int = 256
+    join_threshold: float = 0.8
+    min_events: int = 30
+    half_life_s: float = 3600.0
+    max_examples: int = 5
+    max_members: int = 8
+
+
+def sentences(prompt: Prompt) -> list[str]:
+    """The sentences a framing can be: all of the system prompt's (bounded), the edges of each user turn."""
+    out: dict[str, None] = {}
+    if prompt.system:
+        for s in _system_units(prompt.system):
+            out[s] = None
+    for turn in prompt.user:
+        units = _units(turn)
+        for s in units[:EDGE_SENTENCES] + units[-EDGE_SENTENCES:]:
+            out[s] = None
+    return list(out)
+
+
+@lru_cache(maxsize=1024)
+def _system_units(system: str) -> tuple[str, ...]:
+    return tuple(_units(system)[:MAX_SYSTEM_SENTENCES])  # system prompts repeat: split each once
+
+
+def _units(text: str) -> list[str]:
+    parts = (p.strip() for p in _SPLIT.split(text))
+    return [p[:MAX_SEGMENT_CHARS] for p in parts if len(p) >= MIN_SEGMENT_CHARS]
+
+
+def normalise(sentence: str) -> str:
+    return " ".join(sentence.casefold().split())
+
+
+@dataclass
+class Observation:
+    """What the store needs from one unmatched event (built from a Verdict, or directly in tests)."""
+
+    event_id: str
+    failing: bool
+    segments: list[str]
+    trace_id: str | None = None
+    kafka: dict[str, Any] = field(default_factory=dict)
+    prompt: str = ""
+    score: float = 0.0
+
+
+@dataclass
+class _Candidate:
+    id: str
+    created: float
+    members: dict[str, int] = field(default_factory=dict)  # normalised sentence -> events seen with it
+    texts: dict[str, str] = field(default_factory=dict)  # normalised -> first raw sentence seen
+    examples: deque[dict[str, Any]] = field(default_factory=deque)
+    failures_seen: int = 0  # failing events counted (not decayed): for display
+
+    def ranked(self) -> list[str]:
+        return [self.texts[m] for m, _ in sorted(self.members.items(), key=lambda kv: -kv[1])]
+
+
+class EmergingFramings:
+    """The online candidate store. ``observe`` runs on the consumer thread; readers take the lock."""
+
+    def __init__(self, embed: Embed, dim: int, config: EmergingConfig | None = None,
+                 redact: Callable[[str | None], str | None] = lambda t: t,
+                 gauge: Any = None, clock: Callable[[], float] = time.time) -> None:
+        self.cfg = config or EmergingConfig()
+        self._embed = embed
+        self._redact = redact
+        self._gauge = gauge
+        self._clock = clock
+        self._lock = threading.Lock()
+        cap = self.cfg.max_candidates
+        self._centroids = np.zeros((cap, dim), dtype=np.float32)
+        self._active = np.zeros(cap, dtype=bool)
+        self._mass = np.zeros(cap, dtype=np.float32)  # sentences averaged into the centroid (capped)
+        self._n = np.zeros(cap, dtype=np.float64)  # events with a member sentence (decayed)
+        self._k = np.zeros(cap, dtype=np.float64)  # ... of which failing (decayed)
+        self._weight = np.zeros(cap, dtype=np.float64)  # eviction priority (decayed)
+        self._last_seen = np.zeros(cap, dtype=np.float64)
+        self._slots: list[_Candidate | None] = [None] * cap
+        self._by_id: dict[str, int] = {}
+        self._members: dict[str, int] = {}  # normalised member sentence -> slot (<= cap * max_members)
+        self._base_n = 0.0  # unmatched events (decayed)
+        self._base_k = 0.0
+        self._decayed_at = clock()
+        self._next_id = 1
+        self._announced: set[str] = set()  # candidate ids already logged as significant (bounded by cap)
+        self.evictions = 0
+        self.observed = 0  # unmatched events seen since start (not decayed)
+
+    # -- ingest --------------------------------------------------------------------------------------
+
+    def observe(self, verdicts: Sequence[Verdict]) -> dict[str, str]:
+        """Take a batch's verdicts; returns event_id -> significant candidate id for events that hit one."""
+        obs = []
+        for v in verdicts:
+            if v.framing.framing != "none":
+                continue
+            r = v.record
+            obs.append(Observation(v.event.event_id, v.misaligned, sentences(v.event.prompt), v.event.trace_id,
+                                   {"topic": r.topic, "partition": r.partition, "offset": r.offset},
+                                   "\n\n".join(v.event.prompt.user), float(v.misalignment_score)))
+        return self.observe_many(obs)
+
+    def observe_many(self, observations: Sequence[Observation]) -> dict[str, str]:
+        with self._lock:
+            known = set(self._members)
+        # Embed, in one call, the sentences of failing events not already members (discovery only).
+        new = list(dict.fromkeys(s for o in observations if o.failing for s in o.segments
+                                 if normalise(s) not in known))
+        vectors = self._embed(new) if new else np.zeros((0, self._centroids.shape[1]), np.float32)
+        index = {t: i for i, t in enumerate(new)}
+        out: dict[str, str] = {}
+        with self._lock:
+            self._decay()
+            now = self._clock()
+            for o in observations:
+                self.observed += 1
+                hit = self._count(o, now)
+                if o.failing:
+                    self._discover(o, vectors, index, now)
+                significant = [j for j in hit if self._significant(j)]
+                if significant:
+                    out[o.event_id] = self._announce(significant[0])
+            if self._gauge is not None:
+                self._gauge.set(self._significant_count())
+        return out
+
+    def _announce(self, j: int) -> str:
+        """Log (once, without text) when a candidate first becomes significant; returns its id."""
+        cand = self._slots[j]
+        assert cand is not None
+        if cand.id not in self._announced:
+            self._announced.add(cand.id)
+            n, k, n0, k0 = self._rates(j)
+            log.warning("emerging_framing_significant", candidate=cand.id, events=round(n), failures=round(k),
+                        baseline_events=round(n0), baseline_failures=round(k0), unmatched_events_seen=self.observed)
+        return cand.id
+
+    def _count(self, o: Observation, now: float) -> set[int]:
+        """Count the event towards the baseline and every candidate one of its sentences is a member of."""
+        self._base_n += 1
+        self._base_k += int(o.failing)
+        hit: dict[int, str] = {}
+        for s in o.segments:
+            j = self._members.get(normalise(s))
+            if j is not None and j not in hit:
+                hit[j] = s
+        for j, s in hit.items():
+            cand = self._slots[j]
+            assert cand is not None
+            self._n[j] += 1
+            self._k[j] += int(o.failing)
+            self._weight[j] += 1
+            self._last_seen[j] = now
+            cand.members[normalise(s)] += 1
+            if o.failing:
+                cand.failures_seen += 1
+                cand.examples.append({"event_id": o.event_id, "trace_id": o.trace_id, "kafka": o.kafka,
+                                      "segment": self._redact(s), "prompt": self._redact(o.prompt),
+                                      "misalignment_score": round(o.score, 4)})
+        return set(hit)
+
+    def _discover(self, o: Observation, vectors: np.ndarray, index: dict[str, int], now: float) -> None:
+        """New sentences of a failing event join the nearest candidate, or found one."""
+        for s in o.segments:
+            key = normalise(s)
+            if key in self._members or s not in index:
+                continue
+            vec = vectors[index[s]]
+            active = np.flatnonzero(self._active)
+            j = -1
+            if active.size:
+                sims = self._centroids[active] @ vec
+                best = int(np.argmax(sims))
+                if float(sims[best]) >= self.cfg.join_threshold:
+                    j = int(active[best])
+            if j < 0:
+                self._found(key, s, vec, now)
+            else:
+                self._absorb(j, key, s, vec)
+
+    def _found(self, key: str, text: str, vec: np.ndarray, now: float) -> int:
+        free = np.flatnonzero(~self._active)
+        if free.size:
+            j = int(free[0])
+        else:
+            j = int(np.lexsort((self._last_seen, self._weight))[0])
+            self._drop(j)
+            self.evictions += 1
+        cand = _Candidate(id=f"cand_{self._next_id}", created=now, examples=deque(maxlen=self.cfg.max_examples))
+        self._next_id += 1
+        cand.members[key], cand.texts[key] = 0, text
+        self._slots[j] = cand
+        self._by_id[cand.id] = j
+        self._members[key] = j
+        self._active[j] = True
+        self._centroids[j] = vec
+        self._mass[j] = 1.0
+        self._n[j] = self._k[j] = 0.0
+        self._weight[j] = 1.0
+        self._last_seen[j] = now
+        return j
+
+    def _absorb(self, j: int, key: str, text: str, vec: np.ndarray) -> None:
+        cand = self._slots[j]
+        assert cand is not None
+        if len(cand.members) < self.cfg.max_members:
+            cand.members[key], cand.texts[key] = 0, text
+            self._members[key] = j
+        mass = min(float(self._mass[j]), 50.0)  # older members do not pin the centroid forever
+        c = self._centroids[j] * mass + vec
+        self._centroids[j] = c / max(float(np.linalg.norm(c)), 1e-6)
+        self._mass[j] = mass + 1.0
+        self._weight[j] += 1.0
+
+    def _drop(self, j: int) -> None:
+        cand = self._slots[j]
+        if cand is not None:
+            self._by_id.pop(cand.id, None)
+            self._announced.discard(cand.id)
+            for key in cand.members:
+                if self._members.get(key) == j:
+                    del self._members[key]
+        self._slots[j] = None
+        self._active[j] = False
+        self._n[j] = self._k[j] = self._weight[j] = 0.0
+
+    def _decay(self) -> None:
+        now = self._clock()
+        dt = now - self._decayed_at
+        if dt <= 0 or self.cfg.half_life_s <= 0:
+            return
+        f = 0.5 ** (dt / self.cfg.half_life_s)
+        self._n *= f
+        self._k *= f
+        self._weight *= f
+        self._base_n *= f
+        self._base_k *= f
+        self._decayed_at = now
+
+    # -- statistics -----------------------------------------------------------------------------------
+
+    def _rates(self, j: int) -> tuple[float, float, float, float]:
+        """(n, k, n0, k0): a candidate's events and failures, and the unmatched traffic without them."""
+        n, k = float(self._n[j]), min(float(self._k[j]), float(self._n[j]))
+        n0 = max(self._base_n - n, 0.0)
+        k0 = min(max(self._base_k - k, 0.0), n0)
+        return n, k, n0, k0
+
+    def _significant(self, j: int) -> bool:
+        n, k, n0, k0 = self._rates(j)
+        if n < self.cfg.min_events or n0 < self.cfg.min_events:
+            return False
+        return _wilson(k, n)[0] > _wilson(k0, n0)[1]
+
+    def _significant_count(self) -> int:
+        return sum(1 for j in np.flatnonzero(self._active) if self._significant(int(j)))
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    def snapshot(self, *, significant_only: bool = True, limit: int = 50) -> list[dict[str, Any]]:
+        """Candidates for the API (text redacted): significant first, then by events."""
+        with self._lock:
+            out = []
+            for j in np.flatnonzero(self._active):
+                j = int(j)
+                sig = self._significant(j)
+                if significant_only and not sig:
+                    continue
+                cand = self._slots[j]
+                assert cand is not None
+                n, k, n0, k0 = self._rates(j)
+                ranked = cand.ranked()
+                out.append({
+                    "id": cand.id, "significant": sig,
+                    "representative": self._redact(ranked[0]),
+                    "members": [self._redact(t) for t in ranked],
+                    "events": round(n), "failures": round(k), "failures_seen": cand.failures_seen,
+                    "failure_rate": (k / n) if n else None, "ci": list(_wilson(k, n)),
+                    "baseline": {"events": round(n0), "failures": round(k0),
+                                 "failure_rate": (k0 / n0) if n0 else None, "ci": list(_wilson(k0, n0))},
+                    "examples": list(cand.examples)[::-1],
+                    "first_seen": cand.created, "last_seen": float(self._last_seen[j]),
+                })
+        out.sort(key=lambda c: (not c["significant"], -c["events"], -c["failures_seen"]))
+        return out[:limit]
+
+    def phrases(self, candidate_id: str, limit: int = 3) -> list[str]:
+        """The candidate's most frequent raw sentences: the phrases a promotion writes to the registry."""
+        with self._lock:
+            j = self._by_id.get(candidate_id)
+            if j is None:
+                raise KeyError(candidate_id)
+            cand = self._slots[j]
+            assert cand is not None
+            return cand.ranked()[:limit]
+
+    def remove(self, candidate_id: str) -> None:
+        with self._lock:
+            j = self._by_id.get(candidate_id)
+            if j is not None:
+                self._drop(j)
+            if self._gauge is not None:
+                self._gauge.set(self._significant_count())
+
+    def __len__(self) -> int:
+        return int(self._active.sum())
+
+    def significant_count(self) -> int:
+        with self._lock:
+            return self._significant_count()
+
+
+def _wilson(k: float, n: float) -> tuple[float, float]:
+    """Wilson on (decayed, hence fractional) counts, rounded to whole events."""
+    if n <= 0:
+        return (0.0, 1.0)
+    n_i = max(int(round(n)), 1)
+    k_i = min(max(int(round(k)), 0), n_i)
+    return stats.wilson_interval(k_i, n_i)
