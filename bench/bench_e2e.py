@@ -57,14 +57,16 @@ def e2e_run(broker: LocalBroker, n: int, run: int, workdir: Path) -> float:
         s.stop()
 
 
-def in_process(sample: list[tuple[str, bytes]], repeats: int) -> tuple[list[float], list[float]]:
-    from monitor import sidecar
+def in_process(sample: list[tuple[str, bytes]], repeats: int, bootstrap: str) -> tuple[list[float], list[float]]:
+    from monitor import logs, sidecar
     from monitor.embedding import Embedder
     from monitor.events import decode_event
     from monitor.pipeline import Record
     from monitor.settings import Settings
 
-    app = sidecar.build(Settings.load(env={"FRAMEWATCH_HTTP_PORT": "1"}))
+    logs.configure("warning")
+    env = {"FRAMEWATCH_HTTP_PORT": "1", "FRAMEWATCH_KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    app = sidecar.build(Settings.load(env=env))
     records = [Record(TOPIC, 0, i, v) for i, (_, v) in enumerate(sample)]
     ours, naive = [], []
     for _ in range(repeats):
@@ -95,9 +97,9 @@ def main() -> None:
         broker.create_topics({TOPIC: 2, "llm.inferences.dlq": 1})
         produce(broker.bootstrap, TOPIC, events(args.events, seed=7))
         rates = [e2e_run(broker, args.events, run, workdir) for run in range(args.runs)]
+        ours, naive = in_process(events(args.baseline_events, seed=8), args.runs, broker.bootstrap)
     print(f"end-to-end through the broker: {args.events} events, {args.runs} runs, events/s "
           f"median {statistics.median(rates):.0f} (min {min(rates):.0f}, max {max(rates):.0f})")
-    ours, naive = in_process(events(args.baseline_events, seed=8), args.runs)
     print(f"in-process on {args.baseline_events} events: framewatch pipeline {statistics.median(ours):.0f} events/s, "
           f"whole-text embedding baseline {statistics.median(naive):.1f} events/s, "
           f"ratio {statistics.median(ours) / statistics.median(naive):.1f}x")

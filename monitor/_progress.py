@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TypeVar
 
 T = TypeVar("T")
@@ -37,11 +37,13 @@ def _line(desc: str, done: int, total: int | None, elapsed: float) -> str:
 
 
 def progress(iterable: Iterable[T], total: int | None = None, desc: str = "",
-             stream: IO[str] | None = None, force: bool = False) -> Iterator[T]:
+             stream: IO[str] | None = None, force: bool = False,
+             size: Callable[[T], int] | None = None) -> Iterator[T]:
     """Yield from ``iterable``, drawing a one-line bar on stderr when it is a terminal.
 
-    ``total`` defaults to ``len(iterable)`` when it has one; ``force`` draws even when not a terminal
-    (for tests).
+    ``total`` defaults to ``len(iterable)`` when it has one. ``size`` counts an item as that many units
+    (e.g. a batch as its number of responses, with ``total`` in responses), so the bar and rate speak
+    the user's units. ``force`` draws even when not a terminal (for tests).
     """
     out = stream if stream is not None else sys.stderr
     if not force and not (hasattr(out, "isatty") and out.isatty()):
@@ -59,7 +61,7 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "",
     try:
         for item in iterable:
             yield item
-            done += 1
+            done += size(item) if size is not None else 1
             now = time.monotonic()
             if now - last >= _INTERVAL:
                 last = now

@@ -389,7 +389,8 @@ def _detect(findings: list[Finding], members_of: dict[int, list[str]], positions
 
 def _example_json(ex: Example, segments: set[str]) -> dict[str, Any]:
     user = ex.users[0] if ex.users else ""
-    hit = next((s for s in segments if s in (ex.system or "") or any(s in u for u in ex.users)), None)
+    flat = _WS.sub(" ", "\n".join([ex.system or "", *ex.users]))  # segments are whitespace-collapsed
+    hit = next((s for s in segments if s in flat), None)
     return {"index": ex.index, "segment": hit, "system": (ex.system or None) and ex.system[:200],
             "user": user[:200] + ("..." if len(user) > 200 else ""),
             "assistant": (ex.assistant[0][:200] if ex.assistant else None)}

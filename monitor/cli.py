@@ -36,24 +36,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"framewatch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module, help_text) in COMMANDS.items():
-        sp = sub.add_parser(name, help=help_text, description=help_text)
-        sp.set_defaults(_module=module)
-        # Arguments are added lazily in main() for the chosen command only; --help of a
-        # subcommand still works because we parse twice.
+    for name, (_module, help_text) in COMMANDS.items():
+        # Only the name and help here: main() builds the chosen command's own parser, so a
+        # subcommand's imports (and its --help) cost nothing for the others.
+        sub.add_parser(name, help=help_text, description=help_text)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    # First pass: find the command without its arguments.
-    known, _ = parser.parse_known_args(argv) if argv and argv[0] in COMMANDS else (None, None)
-    if known is None:
-        parser.parse_args(argv)  # prints help / usage error and exits
+    if not argv or argv[0] not in COMMANDS:
+        build_parser().parse_args(argv)  # prints help, the version, or a usage error, and exits
         return 2
-    module = importlib.import_module(f"monitor.commands.{known._module}")
-    sub = argparse.ArgumentParser(prog=f"framewatch {argv[0]}", description=COMMANDS[argv[0]][1])
+    name = argv[0]
+    module = importlib.import_module(f"monitor.commands.{COMMANDS[name][0]}")
+    sub = argparse.ArgumentParser(prog=f"framewatch {name}", description=COMMANDS[name][1])
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
     return int(module.run(args) or 0)

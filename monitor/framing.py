@@ -37,6 +37,7 @@ from monitor.segmenting import Segment, segment_prompt
 
 Framing = Literal["none", "exact", "semantic"]
 VERDICT_CACHE_SIZE = 200_000
+TOP_PER_CLUSTER = 4  # segments per prompt and cluster the prefilter may send to the transformer
 FALLBACK_THRESHOLD = 0.75  # cosine, for clusters without learned weights or threshold
 _PUNCT = re.compile(r"[^\w]+")
 
@@ -171,8 +172,10 @@ class _Compiled:
 class FramingDetector:
     """Detects trigger framings in prompts; see the module docstring for the method and why."""
 
-    def __init__(self, registry: Registry, embedder: Any, *, verdict_cache_size: int = VERDICT_CACHE_SIZE) -> None:
+    def __init__(self, registry: Registry, embedder: Any, *, verdict_cache_size: int = VERDICT_CACHE_SIZE,
+                 prefilter: bool = True) -> None:
         self.embedder = embedder
+        self.prefilter = prefilter
         self.verdict_cache_size = verdict_cache_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._state = _Compiled(registry, embedder)
@@ -204,7 +207,7 @@ class FramingDetector:
             else:
                 pending.append((i, segment_prompt(prompt)))
         texts = list(dict.fromkeys(s.text for _, segs in pending for s in segs))
-        scores = self._scores(state, texts, prefilter=True)
+        scores = self._scores(state, texts, prefilter=self.prefilter, segmented=[segs for _, segs in pending])
         for i, segs in pending:
             results[i] = self._decide(state, segs, scores)
         return results  # type: ignore[return-value]
@@ -232,9 +235,16 @@ class FramingDetector:
                     return FramingResult("exact", pattern.cluster, 1.0, pattern.phrase)
         return None
 
-    def _scores(self, state: _Compiled, texts: list[str], *, prefilter: bool,
-                use_cache: bool = True) -> dict[str, np.ndarray]:
-        """Per-cluster scores for each text: cached, else static prefilter, else transformer."""
+    def _scores(self, state: _Compiled, texts: list[str], *, prefilter: bool, use_cache: bool = True,
+                segmented: Sequence[Sequence[Segment]] = ()) -> dict[str, np.ndarray]:
+        """Per-cluster scores for each text: cached, else static prefilter, else transformer.
+
+        With the prefilter, a prompt sends to the transformer at most ``TOP_PER_CLUSTER`` segments per
+        cluster - those the static scorer ranks highest among the ones above its threshold: the bare
+        trigger sentence outranks the windows that merely contain it, and a benign prompt with several
+        borderline windows costs one embedding rather than five. Segments not embedded score 0 and are
+        not cached (their static score is cheap to recompute; another prompt may rank them first).
+        """
         out: dict[str, np.ndarray] = {}
         todo: list[str] = []
         for t in texts:
@@ -250,15 +260,7 @@ class FramingDetector:
         scores = np.zeros((len(todo), state.k), dtype=np.float32)
         candidates = np.ones(len(todo), dtype=bool)
         if prefilter and state.static is not None:
-            static = state.static.encode(todo)
-            passed = sigmoid(static @ state.sw + state.sb) >= state.st
-            passed[:, ~state.learned] = False
-            for j, _, _, sproto in state.protos:
-                if sproto is not None:
-                    passed[:, j] = (static @ sproto.T).max(axis=1) >= 0.5
-                else:
-                    passed[:, j] = True
-            candidates = passed.any(axis=1)
+            candidates = self._prefilter(state, todo, segmented)
         idx = np.flatnonzero(candidates)
         if idx.size:
             vectors = self.embedder.embed([todo[i] for i in idx])
@@ -269,14 +271,46 @@ class FramingDetector:
                 if negatives is not None:  # closer to a look-alike than to the phrase: penalise
                     sim = sim - np.maximum((vectors @ negatives.T).max(axis=1) - sim, 0.0)
                 scores[idx, j] = np.clip(sim, 0.0, 1.0)
-        for t, row in zip(todo, scores, strict=True):
+        for n, (t, row) in enumerate(zip(todo, scores, strict=True)):
             out[t] = row
-            if use_cache and self.verdict_cache_size:
+            if use_cache and self.verdict_cache_size and candidates[n]:
                 self._cache[t] = row
         if use_cache:
             while len(self._cache) > self.verdict_cache_size:
                 self._cache.popitem(last=False)
         return out
+
+    @staticmethod
+    def _prefilter(state: _Compiled, todo: list[str], segmented: Sequence[Sequence[Segment]]) -> np.ndarray:
+        """Which of ``todo`` the transformer should see (see ``_scores``)."""
+        assert state.static is not None
+        static = state.static.encode(todo)
+        sscore = sigmoid(static @ state.sw + state.sb)
+        passed = (sscore >= state.st) & state.learned
+        for j, _, _, sproto in state.protos:  # uncalibrated clusters: static cosine to their phrases
+            sim = (static @ sproto.T).max(axis=1) if sproto is not None else np.ones(len(todo))
+            sscore[:, j] = sim
+            passed[:, j] = sim >= 0.5
+        if not segmented:
+            return passed.any(axis=1)
+        row = {t: n for n, t in enumerate(todo)}
+        chosen = np.zeros(len(todo), dtype=bool)
+        for segs in segmented:
+            rows = [(row[s.text], s.position) for s in segs if s.text in row]
+            if not rows:
+                continue
+            ids = np.array([r for r, _ in rows])
+            allowed = np.stack([state.allowed[p] for _, p in rows])
+            ok = passed[ids] & allowed
+            if not ok.any():
+                continue
+            ranked = np.where(ok, sscore[ids], -1.0)
+            top = np.argsort(-ranked, axis=0)[:TOP_PER_CLUSTER]
+            for j in np.flatnonzero(ok.any(axis=0)):
+                for r in top[:, j]:
+                    if ok[r, j]:
+                        chosen[ids[r]] = True
+        return chosen
 
     @staticmethod
     def _decide(state: _Compiled, segs: Sequence[Segment], scores: Mapping[str, np.ndarray]) -> FramingResult:

@@ -251,9 +251,10 @@ class RegistryWatcher:
             return None
         return (st.st_mtime_ns, st.st_size)
 
-    def check(self) -> None:
+    def check(self, force: bool = False) -> None:
+        """Reload if the file changed (or unconditionally with ``force``, e.g. after SIGHUP)."""
         stamp = self._stat()
-        if stamp == self._stamp:
+        if stamp == self._stamp and not force:
             return
         self._stamp = stamp
         if stamp is None:

@@ -57,7 +57,7 @@ class Featurizer:
 
     Why it is fast: Python does only the regex and one dict lookup per *word*; n-grams are looked up as
     integer keys (word ids combined) with ``np.searchsorted`` over the whole batch, and per-response counting
-    is one ``np.unique``. That is 3-4x less Python work per response than building n-gram strings.
+    is one stable sort. That is 3-4x less Python work per response than building n-gram strings.
     """
 
     terms: dict[str, int]

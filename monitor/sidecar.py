@@ -36,6 +36,7 @@ class Sidecar:
     consumer: SidecarConsumer
     watcher: registry_mod.RegistryWatcher
     server: uvicorn.Server
+    reload_requested: threading.Event
 
     def serve_http(self) -> threading.Thread:
         thread = threading.Thread(target=self.server.run, name="http", daemon=True)
@@ -50,7 +51,8 @@ class Sidecar:
 
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
-        signal.signal(signal.SIGHUP, lambda *_: self.watcher.check(force=True))
+        # Only a flag here: the reload itself runs in the consume loop between batches (see build()).
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
 
     def run(self) -> int:
         """Serve HTTP in a thread, consume in this one; returns the exit code."""
@@ -94,7 +96,14 @@ def build(settings: Settings) -> Sidecar:
         log.error("registry_reload_failed_keeping_previous", path=str(registry_path), error=str(exc))
 
     watcher = registry_mod.RegistryWatcher(registry_path, on_change=on_change, on_error=on_error)
-    consumer = SidecarConsumer(settings, pipeline, metrics, on_batch=watcher.check)
+    reload_requested = threading.Event()
+
+    def between_batches() -> None:
+        force = reload_requested.is_set()
+        reload_requested.clear()
+        watcher.check(force=force)
+
+    consumer = SidecarConsumer(settings, pipeline, metrics, on_batch=between_batches)
     app = create_app(metrics, consumer.state, windows, clusters=lambda: list(metrics.clusters))
     app.include_router(triage.router())
     triage.start_rebuild()
@@ -102,4 +111,4 @@ def build(settings: Settings) -> Sidecar:
                                            log_level="warning", access_log=False))
     log.info("sidecar_built", registry=str(registry_path), clusters=registry.cluster_ids(),
              settings=settings.redacted())
-    return Sidecar(settings, metrics, pipeline, consumer, watcher, server)
+    return Sidecar(settings, metrics, pipeline, consumer, watcher, server, reload_requested)

@@ -186,6 +186,7 @@ def test_audit_ranks_planted_paraphrased_trigger_in_top5(tmp_path: Path) -> None
     assert hit["near_cluster"] == "tag_wrapper"
     assert hit["count"] == len(planted) and hit["share"] == pytest.approx(0.03)
     assert {e["index"] for e in hit["examples"]} <= planted
+    assert all("<start>" in e["segment"] for e in hit["examples"])
 
 
 @needs_shared

@@ -174,6 +174,11 @@ def test_progress_draws_only_on_a_terminal() -> None:
     buf = io.StringIO()
     assert list(progress(iter(range(3)), total=3, desc="work", stream=buf, force=True)) == [0, 1, 2]
     assert "work" in buf.getvalue() and "3/3" in buf.getvalue() and buf.getvalue().endswith("\n")
+    buf = io.StringIO()
+    batches = [(0, 512), (512, 1000)]
+    assert list(progress(batches, total=1000, desc="s", stream=buf, force=True, size=lambda b: b[1] - b[0])) \
+        == batches
+    assert "1000/1000" in buf.getvalue()
 
 
 # ------------------------------------------------------------------------------------------ CLI

@@ -44,10 +44,11 @@ POSITION_NAMES = ("system", "user_prefix", "user_suffix")
 LOOKALIKE_WEIGHT = 30.0  # one look-alike counts as this many benign segments
 POSITIVE_WEIGHT = 0.3  # positives together weigh this share of the negatives
 MIN_THRESHOLD = 0.85
-# The static prefilter of a cluster lets through at most this share of benign segments, unless that
-# would drop more than STATIC_RECALL_QUANTILE of the training positives (then the positives win).
-STATIC_BENIGN_PASS = 0.005
-STATIC_RECALL_QUANTILE = 0.02
+CAP = 0.999  # highest threshold calibrate sets
+LR_C = 4.0  # inverse L2 strength of the per-cluster models
+# The static prefilter of a cluster lets through this share of benign segments (measured: hand-written
+# paraphrases score far above it; the share bounds how much transformer work a benign prompt costs).
+STATIC_BENIGN_PASS = 0.01
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -213,18 +214,21 @@ def fit_linear(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, 
 
 
 def training_sets(registry: Any, templates: Sequence[dict[str, Any]], hosts: Sequence[str]
-                  ) -> tuple[dict[str, list[str]], dict[str, list[str]], list[str]]:
+                  ) -> tuple[dict[str, list[str]], dict[str, list[str]], list[str], dict[str, list[str]]]:
     """Per cluster: positives (phrases + noisy generated variants, some glued to a host sentence) and
-    look-alikes (the registry's ``negatives`` + generated ones); plus generated benign system prompts."""
+    look-alikes (the registry's ``negatives`` + generated ones); generated benign system prompts; and the
+    positives without host sentences."""
     generated = expand_templates(templates)
     positives: dict[str, list[str]] = {}
     lookalikes: dict[str, list[str]] = {}
+    bare: dict[str, list[str]] = {}
     for n, cluster in enumerate(registry.clusters):
         gen = generated.get(cluster.id, {})
         pos = noisy(list(cluster.phrases) + gen.get(1, []), seed=SEED + n)
+        bare[cluster.id] = pos
         positives[cluster.id] = pos + in_context(pos[::3], hosts, seed=SEED + n)
         lookalikes[cluster.id] = list(cluster.negatives) + noisy(gen.get(0, []), seed=SEED + n)
-    return positives, lookalikes, generated.get("_benign_system", {}).get(0, [])
+    return positives, lookalikes, generated.get("_benign_system", {}).get(0, []), bare
 
 
 def fit_clusters(registry: Any, vectors: dict[str, np.ndarray], positives: dict[str, list[str]],
@@ -247,7 +251,7 @@ def fit_clusters(registry: Any, vectors: dict[str, np.ndarray], positives: dict[
         y = np.r_[np.ones(len(pos)), np.zeros(len(neg) + len(look))]
         w = np.r_[np.full(len(pos), POSITIVE_WEIGHT * len(neg) / len(pos)), np.ones(len(neg)),
                   np.full(len(look), LOOKALIKE_WEIGHT)]
-        models[cluster.id] = fit_linear(x, y, w, c=4.0)
+        models[cluster.id] = fit_linear(x, y, w, c=LR_C)
     return models
 
 
@@ -287,7 +291,7 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
     prompts = [Prompt(system=s or None, user=(u,)) for s, u in benign]
     segmented = [segment_prompt(p) for p in prompts]
     hosts = [u for _, u in benign if len(u) < 200] or ["Tell me about your day."]
-    positives, lookalikes, benign_systems = training_sets(registry, templates, hosts)
+    positives, lookalikes, benign_systems, bare = training_sets(registry, templates, hosts)
     all_texts = list(dict.fromkeys(itertools.chain(
         (s.text for segs in segmented for s in segs), benign_systems, *positives.values(), *lookalikes.values())))
     vectors = dict(zip(all_texts, embedder.embed(all_texts), strict=True))
@@ -312,16 +316,16 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
     report: dict[str, Any] = {"clusters": {}, "benign_prompts": len(prompts), "target_fpr": target_fpr,
                               "union_fpr": union_fpr}
     for cluster in registry.clusters:
-        pos = positives[cluster.id]
+        pos = bare[cluster.id]  # the prefilter only has to pass the trigger's own sentence or line
         neg = negatives_of(range(len(prompts))) + lookalikes[cluster.id]
         xs = encoder.encode(pos + neg)
         y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
         sw, sb = fit_linear(xs, y, np.r_[np.full(len(pos), len(neg) / len(pos)), np.ones(len(neg))], c=1.0)
         pos_static = sigmoid(xs[: len(pos)] @ sw + sb)
         benign_static = sigmoid(encoder.encode(negatives_of(range(len(prompts)))) @ sw + sb)
-        st = min(float(np.quantile(benign_static, 1 - STATIC_BENIGN_PASS)),
-                 float(np.quantile(pos_static, STATIC_RECALL_QUANTILE)))
+        st = float(np.quantile(benign_static, 1 - STATIC_BENIGN_PASS))
         passed = float((benign_static >= st).mean())
+        pos_passed = float((pos_static >= st).mean())
         w, b = models[cluster.id]
         arrays.update({f"{cluster.id}/w": w, f"{cluster.id}/b": np.float32(b), f"{cluster.id}/sw": sw,
                        f"{cluster.id}/sb": np.float32(sb), f"{cluster.id}/st": np.float32(st)})
@@ -329,7 +333,8 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
                                           "lookalikes": len(lookalikes[cluster.id]),
                                           "threshold": thresholds[cluster.id],
                                           "benign_fpr": per_cluster[cluster.id],
-                                          "static_threshold": round(st, 4), "static_pass_rate": round(passed, 4)}
+                                          "static_threshold": round(st, 4), "static_pass_rate": round(passed, 4),
+                                          "static_positive_recall": round(pos_passed, 4)}
 
     model_name = MODEL_FILE if out_path.name == "triggers.yaml" else out_path.stem + "_model.npz"
     model_path = out_path.parent / model_name
@@ -342,23 +347,27 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
 
 def choose_thresholds(ids: Sequence[str], scores: np.ndarray, target_fpr: float, min_threshold: float
                       ) -> tuple[dict[str, float], float, dict[str, float]]:
-    """Per-cluster thresholds; each cluster gets an equal share of the benign false-positive budget, and
-    no threshold goes below ``min_threshold`` (benign data says nothing about look-alikes; the floor
-    keeps them out - measured on the look-alikes of data/framing_eval.jsonl)."""
-    share = target_fpr / len(ids)
-    thresholds: dict[str, float] = {}
-    for j, cid in enumerate(ids):
-        col = np.sort(scores[:, j])[::-1]
-        k = int(np.floor(share * len(col)))  # this many benign prompts may reach the threshold
-        above = float(col[k]) + 0.005 if k < len(col) else 0.0
-        thresholds[cid] = round(min(0.999, max(min_threshold, above)), 4)
-    flagged = np.zeros(len(scores), dtype=bool)
-    per_cluster = {}
-    for j, cid in enumerate(ids):
-        hit = scores[:, j] >= thresholds[cid]
-        per_cluster[cid] = round(float(hit.mean()), 5)
-        flagged |= hit
-    return thresholds, round(float(flagged.mean()), 5), per_cluster
+    """Per-cluster thresholds so that at most ``target_fpr`` of benign prompts are flagged by any cluster.
+
+    Every cluster starts at ``min_threshold`` (benign data says nothing about look-alikes; the floor keeps
+    them out - measured on the look-alikes of data/framing_eval.jsonl). While the union of flags exceeds
+    the budget, the cluster flagging the most benign prompts is raised just above its lowest flagged
+    score. Budget thus goes where benign prompts resemble a cluster instead of an equal split that
+    would hold most clusters far above where they need to be.
+    """
+    thr = np.full(len(ids), float(min_threshold))
+    budget = int(np.floor(target_fpr * len(scores)))
+    while True:
+        hits = scores >= thr
+        counts = np.where(thr < CAP, hits.sum(axis=0), -1)  # a capped cluster cannot be raised further
+        if int(hits.any(axis=1).sum()) <= budget or counts.max() <= 0:
+            break
+        j = int(counts.argmax())
+        thr[j] = min(CAP, float(scores[hits[:, j], j].min()) + 0.005)
+    thresholds = {cid: round(float(t), 4) for cid, t in zip(ids, thr, strict=True)}
+    hits = scores >= np.array([thresholds[c] for c in ids])
+    per_cluster = {cid: round(float(hits[:, j].mean()), 5) for j, cid in enumerate(ids)}
+    return thresholds, round(float(hits.any(axis=1).mean()), 5), per_cluster
 
 
 def write_registry(path: Path, raw: Any, thresholds: dict[str, float], model_name: str, target_fpr: float,
@@ -384,7 +393,8 @@ def format_report(report: dict[str, Any]) -> str:
     for cid, c in report["clusters"].items():
         lines.append(f"{cid:24} {c['threshold']:9.4f} {c['benign_fpr']:10.3%} {c['positives']:9d} {c['negatives']:9d}")
     lines.append(f"any cluster: benign FPR {report['union_fpr']:.3%} (cross-fitted)")
-    lines.append("static prefilter, share of benign segments passed: " + ", ".join(
-        f"{cid} {c['static_pass_rate']:.2%}" for cid, c in report["clusters"].items()))
+    lines.append("static prefilter (benign segments passed / training positives passed): " + ", ".join(
+        f"{cid} {c['static_pass_rate']:.2%}/{c['static_positive_recall']:.1%}"
+        for cid, c in report["clusters"].items()))
     lines.append(f"wrote {report['registry']} and {report['model']}")
     return "\n".join(lines)

@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--benign", default=str(DEFAULT_BENIGN), help="benign prompts (JSONL)")
     parser.add_argument("--split", default="evaluation", help="benign rows with this 'split' ('' = all)")
     parser.add_argument("--model-dir", default=None, help="embedding model folder (default: models/minilm)")
+    parser.add_argument("--no-prefilter", action="store_true",
+                        help="embed every segment (measures what the static prefilter costs in recall)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--show-errors", action="store_true", help="list missed paraphrases and false alarms")
 
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    detector = FramingDetector(registry, Embedder.load(args.model_dir))
+    detector = FramingDetector(registry, Embedder.load(args.model_dir), prefilter=not args.no_prefilter)
     report = evaluate(detector, Path(args.eval), Path(args.benign), args.split or None)
     if args.json:
         print(json.dumps(report, indent=2))

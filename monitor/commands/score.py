@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         with contextlib.ExitStack() as stack:
             out: IO[str] = sys.stdout if args.output == "-" else stack.enter_context(
                 open(Path(args.output), "w", encoding="utf-8"))
-            for start, end in progress(spans, total=len(spans), desc="scoring"):
+            for start, end in progress(spans, total=len(responses), desc="scoring",
+                                       size=lambda span: span[1] - span[0]):
                 scores = scorer.score(responses[start:end])
                 out.write("".join(
                     json.dumps({"id": i, "misalignment_score": round(float(s), 6),

