@@ -21,7 +21,7 @@ from kafka.structs import OffsetAndMetadata
 
 from monitor.logs import get_logger
 from monitor.metrics import Metrics
-from monitor.pipeline import Pipeline, Record, Rejected
+from monitor.pipeline import Pipeline, Record, Rejected, SinkUnavailable
 from monitor.settings import Settings
 
 log = get_logger("framewatch.consumer")
@@ -163,7 +163,12 @@ class SidecarConsumer:
             return
         self.metrics.events_consumed.inc(len(records))
         with self.metrics.batch_seconds.time():
-            result = self.pipeline.process(records)
+            try:
+                result = self.pipeline.process(records)
+            except SinkUnavailable as exc:  # e.g. the flagged topic is unwritable: redo the batch later
+                self._note_broker_error(exc)
+                self._rewind(records)
+                return
             if result.rejected and not self._dead_letter(result.rejected):
                 self._rewind(records)  # DLQ write failed: do not commit past them; retry the batch
                 return

@@ -6,8 +6,9 @@ shared record; ``/v1/incidents`` serves a replica's recent view of it (see monit
 
 Delivery: :meth:`FlaggedPublisher.publish` runs inside ``Pipeline.process`` (the ``on_verdicts`` hook), so
 it finishes before the consumer commits the batch. It flushes and waits for every acknowledgement; while
-the topic cannot be written it retries with backoff and, after ``give_up_s``, raises, which stops the
-consume loop *without* committing (the batch is redelivered after a restart): at-least-once, never lost.
+the topic cannot be written it retries with backoff and, after ``give_up_s``, raises
+:class:`~monitor.pipeline.SinkUnavailable`: the consumer then reports not-ready, commits nothing, rewinds
+the batch and tries it again later (nothing was recorded yet): at-least-once, never lost, never stuck.
 
 Text is redacted before it leaves the process (``FRAMEWATCH_REDACTION``: ``none``, ``truncate:N`` or
 ``hash``): the flagged topic is read by more people than the inference logs.
@@ -25,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from monitor.logs import get_logger
-from monitor.pipeline import Verdict
+from monitor.pipeline import SinkUnavailable, Verdict
 
 log = get_logger("framewatch.flagged")
 
@@ -99,7 +100,7 @@ class FlaggedPublisher:
     still unreachable. ``producer_factory`` is injectable for tests.
     """
 
-    def __init__(self, topic: str, producer_factory: Callable[[], Any], *, give_up_s: float = 120.0,
+    def __init__(self, topic: str, producer_factory: Callable[[], Any], *, give_up_s: float = 10.0,
                  stop: threading.Event | None = None) -> None:
         self.topic = topic
         self._factory = producer_factory
@@ -155,5 +156,5 @@ class FlaggedPublisher:
         self._reset()
 
 
-class FlaggedPublishError(RuntimeError):
+class FlaggedPublishError(SinkUnavailable):
     """The flagged topic could not be written: the batch must not be committed."""

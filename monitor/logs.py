@@ -6,6 +6,7 @@ Call sites pass text only through :func:`text_field`, which returns the text whe
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -18,8 +19,12 @@ def configure(level: str = "info", log_text: bool = False) -> None:
     global _log_text
     _log_text = log_text
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(message)s")
-    logging.getLogger("kafka").setLevel(logging.ERROR)  # kafka-python is chatty on reconnects
+    # Libraries (kafka-python, uvicorn) log through the stdlib: render them as JSON lines too.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter())
+    logging.basicConfig(level=max(numeric, logging.WARNING), handlers=[handler], force=True)
+    # kafka-python logs every failed reconnect; our own "kafka_broker_unreachable" says it once.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -32,6 +37,15 @@ def configure(level: str = "info", log_text: bool = False) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"event": record.getMessage(), "logger": record.name, "level": record.levelname.lower(),
+               "timestamp": self.formatTime(record, "%Y-%m-%dT%H:%M:%S")}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
 
 
 def text_field(text: str | None) -> str | None:

@@ -30,6 +30,14 @@ log = get_logger("framewatch.pipeline")
 NOT_FRAMED = FramingResult(framing="none", cluster=None, similarity=0.0, segment=None)
 
 
+class SinkUnavailable(RuntimeError):
+    """An output the batch must reach before its commit (e.g. the flagged topic) cannot be written.
+
+    The consumer then commits nothing, rewinds the batch and retries it: nothing is recorded twice because
+    :meth:`Pipeline.record` writes the sinks *before* it touches metrics and windows.
+    """
+
+
 @dataclass(frozen=True)
 class Record:
     """One Kafka record as the pipeline needs it (decoupled from kafka-python's ConsumerRecord)."""
@@ -123,6 +131,8 @@ class Pipeline:
         return self.scorer.score([e.response for e in events])
 
     def record(self, verdicts: Sequence[Verdict]) -> None:
+        if self.on_verdicts and verdicts:
+            self.on_verdicts(list(verdicts))  # may raise SinkUnavailable: then nothing below has happened
         m = self.metrics
         known = set(m.clusters)
         for v in verdicts:
@@ -148,8 +158,6 @@ class Pipeline:
                          kafka=f"{v.record.topic}:{v.record.partition}:{v.record.offset}",
                          segment=text_field(v.framing.segment), prompt=text_field(v.event.prompt.text()))
         m.events_processed.inc(len(verdicts))
-        if self.on_verdicts and verdicts:
-            self.on_verdicts(list(verdicts))
 
     def _one_by_one(self, good: list[Record], events: list[Event], rejected: list[Rejected]) -> BatchResult:
         verdicts: list[Verdict] = []

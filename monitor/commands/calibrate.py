@@ -48,7 +48,7 @@ CAP = 0.999  # highest threshold calibrate sets
 LR_C = 4.0  # inverse L2 strength of the per-cluster models
 # The static prefilter of a cluster lets through this share of benign segments (measured: hand-written
 # paraphrases score far above it; the share bounds how much transformer work a benign prompt costs).
-STATIC_BENIGN_PASS = 0.01
+STATIC_BENIGN_PASS = 0.02
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -119,10 +119,10 @@ def _summarise(url: str, stop: threading.Event, duration: float, sidecar: subpro
         trig_n = v.get("framewatch_events_total|triggered", 0)
         trig_f = v.get("framewatch_failures_total|triggered", 0)
         base_n, base_f = v.get("framewatch_events_total|none", 0), v.get("framewatch_failures_total|none", 0)
-        print(f"[{now - began:6.0f}s] processed {n:8.0f} ({rate:6.1f}/s)  dead-lettered "
-              f"{v.get('framewatch_events_dead_lettered_total', 0):5.0f}  lag {v.get('framewatch_consumer_lag', 0):6.0f}"
-              f"  failure rate: triggered {_pct(trig_f, trig_n)} of {trig_n:.0f}, untriggered {_pct(base_f, base_n)}"
-              f" of {base_n:.0f}", flush=True)
+        dead, lag = v.get("framewatch_events_dead_lettered_total", 0), v.get("framewatch_consumer_lag", 0)
+        print(f"[{now - began:6.0f}s] processed {n:8.0f} ({rate:6.1f}/s)  dead-lettered {dead:5.0f}  lag {lag:6.0f}"
+              f"  failure rate: triggered {_pct(trig_f, trig_n)} of {trig_n:.0f},"
+              f" untriggered {_pct(base_f, base_n)} of {base_n:.0f}", flush=True)
         if duration and now - began >= duration:
             return
 
