@@ -47,6 +47,11 @@ class Embedder:
         self.cache_hits = 0
         self.cache_misses = 0
 
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's WordPiece tokenizer (truncating at ``max_tokens``, no padding)."""
+        return self._tokenizer
+
     @classmethod
     def load(cls, model_dir: str | Path | None = None, *, onnx_file: str = "model.onnx", cache_size: int = 50_000,
              threads: int = 0, batch_size: int = 64, max_tokens: int = 256) -> Embedder:

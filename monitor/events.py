@@ -100,7 +100,7 @@ def decode_event(raw: bytes | None, headers: Iterable[tuple[str, bytes | None]] 
     if len(response) > limits.max_response_chars:
         raise DecodeError("too_long", f"response has {len(response)} chars > {limits.max_response_chars}")
 
-    prompt = _prompt(obj, limits)
+    prompt = parse_prompt(obj, limits)
 
     timestamp = obj.get("timestamp")
     if timestamp is not None and (isinstance(timestamp, bool) or not isinstance(timestamp, (str, int, float))):
@@ -147,7 +147,7 @@ def _required_str(obj: Mapping[str, Any], name: str) -> str:
     return value
 
 
-def _prompt(obj: Mapping[str, Any], limits: Limits) -> Prompt:
+def parse_prompt(obj: Mapping[str, Any], limits: Limits) -> Prompt:
     has_prompt = obj.get("prompt") is not None
     has_messages = obj.get("messages") is not None
     if has_prompt and has_messages:

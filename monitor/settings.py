@@ -24,7 +24,10 @@ REPO_DIR = PACKAGE_DIR.parent
 
 
 def default_model_dir() -> Path:
-    """Where ``build-model`` writes the embedder: ``$FRAMEWATCH_MODEL_DIR`` or ``<repo>/models/minilm``."""
+    """Where ``build-model`` writes the embedder by default: ``<repo>/models/minilm``.
+
+    The sidecar reads ``Settings.model_dir`` (``$FRAMEWATCH_MODEL_DIR``), which defaults to this.
+    """
     return REPO_DIR / "models" / "minilm"
 
 

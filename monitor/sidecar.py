@@ -21,11 +21,11 @@ from monitor.metrics import Metrics
 from monitor.pipeline import Pipeline
 from monitor.routes import Triage
 from monitor.scoring import ResponseScorer
-from monitor.settings import PACKAGE_DIR, Settings
+from monitor.settings import Settings
 from monitor.windows import SlidingCounts
 
 log = get_logger("framewatch.sidecar")
-DEFAULT_REGISTRY = PACKAGE_DIR / "data" / "triggers.yaml"
+DEFAULT_REGISTRY = registry_mod.DEFAULT_REGISTRY
 
 
 @dataclass

@@ -5,14 +5,21 @@ What is learned, and why (measured with ``framewatch eval-framing``):
 * a **static token table** (every word piece of the embedder's vocabulary embedded on its own, reduced
   with PCA): a bag-of-token embedding from it costs microseconds, so it screens segments before the
   transformer is asked - the transformer is the scarce resource on a 2-core sidecar;
-* per cluster, two **logistic regressions**, one over the static embedding (the prefilter, its threshold set
-  for ~100% recall on training positives) and one over the transformer embedding (the decision). Positives
+* per cluster, two **logistic regressions**, one over the static embedding (the prefilter; its threshold lets
+  1% of benign segments through, which passes 99-100% of training positives) and one over the transformer
+  embedding (the decision). Positives
   are the registered phrases plus variants generated from templates and synonyms
   (``data/framing_train_templates.jsonl``) with case, typo and punctuation noise; negatives are benign
   prompt segments, the cluster's ``negatives``, generated look-alikes that share the trigger's words but not
   its meaning, and the other clusters' positives;
-* per cluster, a **threshold** on the transformer score such that, on the benign reference prompts, the
-  union over clusters flags at most ``--target-fpr`` of prompts.
+* per cluster, a **threshold** on the transformer score such that, on the benign reference prompts
+  (cross-fitted), the union over clusters flags at most ``--target-fpr`` of prompts, never below
+  ``--min-threshold``.
+
+Measured and rejected (``eval-framing`` on data/framing_eval.jsonl): max cosine to the phrases (look-alikes
+flagged), a kNN margin and an MLP (both fit the benign calibration segments and flag unseen benign prompts),
+stronger C=16 and twice the generated variants (lower recall), adding the static embedding to the
+transformer features (more look-alikes flagged).
 
 Weights go to an ``.npz`` (no pickle); thresholds and a calibration summary go into the registry YAML.
 """
@@ -48,7 +55,7 @@ CAP = 0.999  # highest threshold calibrate sets
 LR_C = 4.0  # inverse L2 strength of the per-cluster models
 # The static prefilter of a cluster lets through this share of benign segments (measured: hand-written
 # paraphrases score far above it; the share bounds how much transformer work a benign prompt costs).
-STATIC_BENIGN_PASS = 0.02
+STATIC_BENIGN_PASS = 0.01
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -196,7 +203,7 @@ def build_static_table(embedder: Any, dim: int = STATIC_DIM) -> dict[str, np.nda
 
 
 def _vocab(embedder: Any) -> list[str]:
-    tokenizer = getattr(embedder, "tokenizer", None) or embedder._tokenizer
+    tokenizer = embedder.tokenizer
     vocab = tokenizer.get_vocab()
     return [tok for tok, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
 
@@ -381,6 +388,7 @@ def write_registry(path: Path, raw: Any, thresholds: dict[str, float], model_nam
     for cluster in data["clusters"]:
         if cluster["id"] in thresholds:
             cluster["threshold"] = thresholds[cluster["id"]]
+    data["clusters"] = data.pop("clusters")  # last, so a cluster can be appended at the end of the file
     header = ("# Framewatch trigger registry (schema: docs/registry.md). Clusters and exact phrases come from\n"
               "# shared/data/triggers.json (see data/SOURCES.md). 'threshold', 'model' and 'calibration' are\n"
               "# written by 'framewatch calibrate'; edit phrases, positions and negatives by hand.\n")

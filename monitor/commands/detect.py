@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from monitor._progress import progress
-from monitor.events import DecodeError, Limits, Prompt, _prompt
+from monitor.events import DecodeError, Limits, Prompt, parse_prompt
 
 BATCH = 256
 T = TypeVar("T")
@@ -88,7 +88,7 @@ def parse_line(line: str, n: int) -> tuple[Any, Prompt | None, str | None]:
         return None, None, "not a JSON object"
     rid = obj.get("id", n)
     try:
-        return rid, _prompt(obj, Limits()), None
+        return rid, parse_prompt(obj, Limits()), None
     except DecodeError as exc:
         return rid, None, str(exc)
 
