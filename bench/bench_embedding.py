@@ -26,15 +26,12 @@ sys.path.insert(0, sys.argv[5])
 words = open(sys.argv[6]).read().split()
 tok = Tokenizer.from_file(sys.argv[7]); tok.no_truncation(); tok.no_padding()
 def texts_of(length):
+    # Exactly `length` tokens with [CLS]/[SEP]: cut a long passage at length-2 word pieces, decode back.
     out = []
     for i in range(n):
         start = (i * 37) % (len(words) - 400)
-        k = length
-        while True:
-            t = " ".join(words[start:start + k])
-            if len(tok.encode(t).ids) >= length or k > 400: break
-            k += 4
-        out.append(f"{i} " + t)
+        ids = tok.encode(" ".join(words[start:start + 400]), add_special_tokens=False).ids[:length - 2]
+        out.append(tok.decode(ids))
     return out
 if side == "onnx":
     from monitor.embedding import Embedder

@@ -19,13 +19,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "consume inference events from Kafka and serve /metrics (the sidecar)"),
     "demo": ("demo", "start a local broker, replay sample traffic through the sidecar, print a live summary"),
     "build-model": ("build_model", "export all-MiniLM-L6-v2 to ONNX into models/ (needs the [build] extra)"),
+    "detect": ("detect", "detect trigger framings in a JSONL file of prompts (exact / semantic / none)"),
+    "calibrate": ("calibrate", "fit framing scorers and set per-cluster thresholds for a target benign FPR"),
+    "eval-framing": ("eval_framing", "measure framing recall per cluster, benign FPR and look-alike FPR"),
     "score": ("score", "score responses in a JSONL file for misalignment (probability + flag per line)"),
     "train-classifier": ("train_classifier", "train the response misalignment classifier into models/classifier/"),
     "gate": ("gate", "offline release gate: EM rate with vs without registered triggers (exit 0/1/2)"),
     "audit": ("audit", "audit a chat fine-tuning set for recurring framings that could act as triggers"),
-    "detect": ("detect", "detect trigger framings in a JSONL file of prompts (exact / semantic / none)"),
-    "calibrate": ("calibrate", "fit framing scorers and set per-cluster thresholds for a target benign FPR"),
-    "eval-framing": ("eval_framing", "measure framing recall per cluster, benign FPR and look-alike FPR"),
 }
 
 
