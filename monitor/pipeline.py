@@ -27,7 +27,6 @@ from monitor.windows import SlidingCounts
 
 log = get_logger("framewatch.pipeline")
 
-NOT_FRAMED = FramingResult(framing="none", cluster=None, similarity=0.0, segment=None)
 
 
 class SinkUnavailable(RuntimeError):

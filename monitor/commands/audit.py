@@ -47,10 +47,7 @@ def _warn(msg: str) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
-    except audit.AuditError as exc:
-        _warn(f"error: {exc}")
-        return 2
-    except (FileNotFoundError, ValueError) as exc:  # missing model artifacts, a bad registry
+    except (audit.AuditError, FileNotFoundError, ValueError) as exc:  # bad input, missing artifacts, bad registry
         _warn(f"error: {exc}")
         return 2
 
