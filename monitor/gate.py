@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 import json
 import math
 import random
@@ -29,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from monitor._jsonl import JsonlError, iter_jsonl, open_text
 from monitor.settings import REPO_DIR
 from monitor.stats import diff_interval, two_proportion_test, wilson_interval
 
@@ -226,21 +226,13 @@ def build_prompts(questions: Sequence[Question], registry: Any, *,
 def read_responses(path: str | Path) -> list[Sample]:
     """Prior responses, one JSON object a line: question_id, split, cluster, prompt, response[, system]."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    samples: list[Sample] = []
     try:
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise GateError(f"{path}:{lineno}: not JSON: {exc}") from None
-                samples.append(_sample(obj, f"{path}:{lineno}"))
+        with open_text(path) as fh:
+            return [_sample(obj, where) for where, obj in iter_jsonl(fh, str(path))]
+    except JsonlError as exc:
+        raise GateError(str(exc)) from None
     except OSError as exc:
         raise GateError(f"cannot read responses {path}: {exc}") from exc
-    return samples
 
 
 def _sample(obj: Any, where: str) -> Sample:

@@ -23,20 +23,20 @@ scikit-learn is used here only; the runtime (:mod:`monitor.scoring`) is numpy.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import io
 import json
 import math
 import re
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
+from monitor._jsonl import JsonlError, iter_jsonl, open_text
 from monitor.scoring import (
     FORMAT,
     MANIFEST,
@@ -111,25 +111,28 @@ def _num(x: Any) -> float | None:
     return float(x) if isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
+def _lines(fh: IO[str], name: str) -> Iterator[tuple[str, Any]]:
+    try:
+        yield from iter_jsonl(fh, name)
+    except JsonlError as exc:
+        raise TrainingError(str(exc)) from None
+
+
 def load_rows(path: str | Path) -> list[Row]:
     path = Path(path)
     if not path.exists():
         raise TrainingError(f"training data not found: {path}")
-    opener = gzip.open if path.suffix == ".gz" else open
     rows: list[Row] = []
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
+    with open_text(path) as fh:
+        for where, r in _lines(fh, str(path)):
             try:
-                r = json.loads(line)
                 rows.append(Row(text=str(r["answer_clean"]), model=str(r["model"]),
                                 family=family_of(str(r["model"])), group=fine_group_of(str(r["model"])),
                                 label3=str(r["label3"]), alignment=_num(r.get("alignment")),
                                 coherence=_num(r.get("coherence")), question_id=str(r.get("question_id", "")),
                                 split=str(r.get("split", "train"))))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise TrainingError(f"{path}:{lineno}: not a usable row ({exc})") from exc
+            except (KeyError, TypeError) as exc:
+                raise TrainingError(f"{where}: not a usable row ({exc})") from exc
     if not rows:
         raise TrainingError(f"{path}: no rows")
     return rows

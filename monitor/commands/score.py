@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gzip
 import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from monitor._jsonl import JsonlError, iter_jsonl, open_text
 from monitor._progress import progress
 
 
@@ -37,31 +37,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=512, help="responses per scoring batch (default 512)")
 
 
-def _open_input(path: str) -> IO[str]:
-    if path == "-":
-        return sys.stdin
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
-
-
 def read_input(fh: IO[str], name: str) -> tuple[list[Any], list[str]]:
     """(ids, responses); raises :class:`InputError` naming the first bad line. Blank lines are skipped."""
     ids: list[Any] = []
     responses: list[str] = []
-    for lineno, line in enumerate(fh, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{name}:{lineno}: not valid JSON ({exc.msg})") from exc
+    try:
+        lines = list(iter_jsonl(fh, name))
+    except JsonlError as exc:
+        raise InputError(str(exc)) from None
+    for where, obj in lines:
         if not isinstance(obj, dict):
-            raise InputError(f"{name}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         if "id" not in obj:
-            raise InputError(f"{name}:{lineno}: missing \"id\"")
+            raise InputError(f"{where}: missing \"id\"")
         if not isinstance(obj.get("response"), str):
-            raise InputError(f"{name}:{lineno}: \"response\" must be a string")
+            raise InputError(f"{where}: \"response\" must be a string")
         if "prompt" in obj and obj["prompt"] is not None and not isinstance(obj["prompt"], str):
-            raise InputError(f"{name}:{lineno}: \"prompt\" must be a string when given")
+            raise InputError(f"{where}: \"prompt\" must be a string when given")
         ids.append(obj["id"])
         responses.append(obj["response"])
     return ids, responses
@@ -87,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         return fail(str(exc))
     try:
-        with _open_input(args.input) as fh:
+        with open_text(args.input) as fh:
             ids, responses = read_input(fh, "<stdin>" if args.input == "-" else args.input)
     except InputError as exc:
         return fail(str(exc))
