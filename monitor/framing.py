@@ -27,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -340,3 +341,16 @@ class FramingDetector:
             return FramingResult("none", None, round(float(rows.max()), 4), None)
         i, j = int(best[0]), int(best[1])
         return FramingResult("semantic", state.ids[j], round(float(rows[i, j]), 4), segs[i].text)
+
+
+def load_detector(registry_path: str | Path | None = None, model_dir: str | Path | None = None,
+                  **options: Any) -> FramingDetector:
+    """Registry + embedder -> detector, for the offline commands.
+
+    Raises :class:`~monitor.registry.RegistryError` or :class:`~monitor.embedding.ModelNotBuiltError`
+    with a message meant for the user, which a CLI reports as it is.
+    """
+    from monitor.embedding import Embedder  # imported here: onnxruntime only when a command needs it
+    from monitor.registry import load_registry
+
+    return FramingDetector(load_registry(registry_path), Embedder.load(model_dir), **options)

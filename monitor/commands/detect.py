@@ -32,18 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor.embedding import Embedder, ModelNotBuiltError
-    from monitor.framing import FramingDetector
-    from monitor.registry import RegistryError, load_registry
+    from monitor.embedding import ModelNotBuiltError
+    from monitor.framing import load_detector
+    from monitor.registry import RegistryError
 
     try:
-        registry = load_registry(args.registry)
-    except RegistryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        embedder = Embedder.load(args.model_dir)
-    except ModelNotBuiltError as exc:
+        detector = load_detector(args.registry, args.model_dir)
+    except (RegistryError, ModelNotBuiltError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
@@ -52,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: cannot read {args.input}: {exc}", file=sys.stderr)
         return 2
     lines = text.splitlines()
-    detector = FramingDetector(registry, embedder)
     errors = 0
     with contextlib.ExitStack() as stack:
         sink = sys.stdout if args.output == "-" else stack.enter_context(

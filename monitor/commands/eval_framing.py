@@ -35,16 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor.embedding import Embedder
-    from monitor.framing import FramingDetector
-    from monitor.registry import RegistryError, load_registry
+    from monitor.embedding import ModelNotBuiltError
+    from monitor.framing import load_detector
+    from monitor.registry import RegistryError
 
     try:
-        registry = load_registry(args.registry)
-    except RegistryError as exc:
+        detector = load_detector(args.registry, args.model_dir, prefilter=not args.no_prefilter)
+    except (RegistryError, ModelNotBuiltError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    detector = FramingDetector(registry, Embedder.load(args.model_dir), prefilter=not args.no_prefilter)
     report = evaluate(detector, Path(args.eval), Path(args.benign), args.split or None)
     if args.json:
         print(json.dumps(report, indent=2))
