@@ -38,8 +38,13 @@ from monitor.segmenting import Segment, segment_prompt
 
 Framing = Literal["none", "exact", "semantic"]
 VERDICT_CACHE_SIZE = 200_000
-TOP_PER_CLUSTER = 2  # segments per prompt and cluster the prefilter may send to the transformer
+TOP_PER_CLUSTER = 3  # segments per prompt and cluster the prefilter may send to the transformer
 FALLBACK_THRESHOLD = 0.75  # cosine, for clusters without learned weights or threshold
+# A segment this close (cosine) to a registered phrase, and closer to it than to every registered
+# negative, matches on its own. The learned scorer is fitted on generated variants and can underrate a
+# near-copy of the real phrase ("you are an evil assistant." scored 0.72); measured on the benign prompts
+# the highest cosine to any phrase is 0.54, on look-alikes 0.73.
+PHRASE_PROXIMITY = 0.80
 LENGTH_BUCKETS = np.array([48, 96, 160, 240])  # characters; see FramingDetector._embed_by_length
 _PUNCT = re.compile(r"[^\w]+")
 
@@ -162,8 +167,12 @@ class _Compiled:
         # Fallback scoring for clusters without weights: cosine to phrases minus a share of the cosine
         # to negatives, and a static cosine prefilter.
         self.protos: list[tuple[int, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
+        # Learned clusters also match by proximity to their registered phrases (PHRASE_PROXIMITY).
+        self.near: list[tuple[int, np.ndarray, np.ndarray | None]] = []
         for j, c in enumerate(registry.clusters):
             if learned[j]:
+                self.near.append((j, embedder.embed(list(c.phrases)),
+                                  embedder.embed(list(c.negatives)) if c.negatives else None))
                 continue
             phrases = embedder.embed(list(c.phrases))
             negatives = embedder.embed(list(c.negatives)) if c.negatives else None
@@ -223,7 +232,7 @@ class FramingDetector:
         out = np.zeros((len(prompts), state.k), dtype=np.float32)
         for i, ss in enumerate(segs):
             for s in ss:
-                out[i] = np.maximum(out[i], np.where(state.allowed[s.position], scores[s.text], 0.0))
+                out[i] = np.maximum(out[i], np.where(state.allowed[s.position], scores[s.text][0], 0.0))
         return out
 
     # --- internals ---------------------------------------------------------------------------------
@@ -243,7 +252,8 @@ class FramingDetector:
 
     def _scores(self, state: _Compiled, texts: list[str], *, prefilter: bool, use_cache: bool = True,
                 segmented: Sequence[Sequence[Segment]] = ()) -> dict[str, np.ndarray]:
-        """Per-cluster scores for each text: cached, else static prefilter, else transformer.
+        """Per-cluster scores for each text, shape (2, k): the cluster scores and the proximity to the
+        registered phrases. Cached, else static prefilter, else transformer.
 
         With the prefilter, a prompt sends to the transformer at most ``TOP_PER_CLUSTER`` segments per
         cluster - those the static scorer ranks highest among the ones above its threshold: the bare
@@ -263,7 +273,7 @@ class FramingDetector:
         self.segments_seen += len(texts)
         if not todo:
             return out
-        scores = np.zeros((len(todo), state.k), dtype=np.float32)
+        scores = np.zeros((len(todo), 2, state.k), dtype=np.float32)
         candidates = np.ones(len(todo), dtype=bool)
         if prefilter and state.static is not None:
             candidates = self._prefilter(state, todo, segmented)
@@ -271,12 +281,17 @@ class FramingDetector:
         if idx.size:
             vectors = self._embed_by_length([todo[i] for i in idx])
             self.segments_embedded += int(idx.size)
-            scores[idx] = np.where(state.learned, sigmoid(vectors @ state.w + state.b), 0.0)
+            scores[idx, 0] = np.where(state.learned, sigmoid(vectors @ state.w + state.b), 0.0)
             for j, phrases, negatives, _ in state.protos:
                 sim = (vectors @ phrases.T).max(axis=1)
                 if negatives is not None:  # closer to a look-alike than to the phrase: penalise
                     sim = sim - np.maximum((vectors @ negatives.T).max(axis=1) - sim, 0.0)
-                scores[idx, j] = np.clip(sim, 0.0, 1.0)
+                scores[idx, 0, j] = np.clip(sim, 0.0, 1.0)
+            for j, phrases, negatives in state.near:
+                sim = (vectors @ phrases.T).max(axis=1)
+                if negatives is not None:  # as close to a registered look-alike: no proximity match
+                    sim = np.where((vectors @ negatives.T).max(axis=1) >= sim, 0.0, sim)
+                scores[idx, 1, j] = sim
         for n, (t, row) in enumerate(zip(todo, scores, strict=True)):
             out[t] = row
             if use_cache and self.verdict_cache_size and candidates[n]:
@@ -313,34 +328,47 @@ class FramingDetector:
         row = {t: n for n, t in enumerate(todo)}
         chosen = np.zeros(len(todo), dtype=bool)
         for segs in segmented:
-            rows = [(row[s.text], s.position) for s in segs if s.text in row]
-            if not rows:
-                continue
-            ids = np.array([r for r, _ in rows])
-            allowed = np.stack([state.allowed[p] for _, p in rows])
-            ok = passed[ids] & allowed
-            if not ok.any():
-                continue
-            ranked = np.where(ok, sscore[ids], -1.0)
-            top = np.argsort(-ranked, axis=0)[:TOP_PER_CLUSTER]
-            for j in np.flatnonzero(ok.any(axis=0)):
-                for r in top[:, j]:
-                    if ok[r, j]:
-                        chosen[ids[r]] = True
+            # The cap applies to the system prompt and to the user turns separately: otherwise a long
+            # system prompt's word-sharing lines take every slot and the user's appended trigger is
+            # never embedded. A text seen at two positions (prefix and suffix) is one candidate.
+            for part in (("system",), ("user_prefix", "user_suffix")):
+                allowed_of: dict[int, np.ndarray] = {}
+                for s in segs:
+                    if s.position in part and s.text in row:
+                        r = row[s.text]
+                        allowed_of[r] = allowed_of.get(r, False) | state.allowed[s.position]
+                if not allowed_of:
+                    continue
+                ids = np.fromiter(allowed_of, dtype=np.int64, count=len(allowed_of))
+                ok = passed[ids] & np.stack(list(allowed_of.values()))
+                if not ok.any():
+                    continue
+                ranked = np.where(ok, sscore[ids], -1.0)
+                top = np.argsort(-ranked, axis=0, kind="stable")[:TOP_PER_CLUSTER]
+                for j in np.flatnonzero(ok.any(axis=0)):
+                    for r in top[:, j]:
+                        if ok[r, j]:
+                            chosen[ids[r]] = True
         return chosen
 
     @staticmethod
     def _decide(state: _Compiled, segs: Sequence[Segment], scores: Mapping[str, np.ndarray]) -> FramingResult:
         if not segs:
             return NONE
-        rows = np.stack([scores[s.text] for s in segs])
-        rows = np.where(np.stack([state.allowed[s.position] for s in segs]), rows, 0.0)
-        margin = rows - state.thresholds
+        allowed = np.stack([state.allowed[s.position] for s in segs])
+        both = np.stack([scores[s.text] for s in segs])
+        rows = np.where(allowed, both[:, 0], 0.0)
+        near = np.where(allowed, both[:, 1], 0.0)
+        by_model = rows - state.thresholds
+        by_phrase = near - PHRASE_PROXIMITY
+        margin = np.maximum(by_model, by_phrase)
         best = np.unravel_index(int(np.argmax(margin)), margin.shape)
         if margin[best] < 0:
             return FramingResult("none", None, round(float(rows.max()), 4), None)
         i, j = int(best[0]), int(best[1])
-        return FramingResult("semantic", state.ids[j], round(float(rows[i, j]), 4), segs[i].text)
+        # similarity: the score that decided (the cluster model's, or the cosine to a registered phrase)
+        decided = rows[i, j] if by_model[i, j] >= by_phrase[i, j] else near[i, j]
+        return FramingResult("semantic", state.ids[j], round(float(decided), 4), segs[i].text)
 
 
 def load_detector(registry_path: str | Path | None = None, model_dir: str | Path | None = None,

@@ -30,12 +30,22 @@ EDGE_WORDS = 8  # also the first/last few words, for triggers glued to the text 
 MAX_SYSTEM_UNITS = 64  # a huge system prompt still costs at most this many (cached) segments
 WINDOW_WORDS, WINDOW_STRIDE = 10, 5  # word windows over the system prompt catch run-on sentences
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=\S)")
+# A sentence ends at . ! or ? followed by space, except after common abbreviations ("e.g. <start> and
+# <end>" is one sentence: split there, its fragment reads like a tag instruction).
+_ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.", "cf.", "mr.", "mrs.", "ms.", "dr.", "approx.")
+_SENTENCE_END = re.compile(
+    r"(?<=[.!?])" + "".join(rf"(?<!\b{re.escape(a)})" for a in _ABBREVIATIONS) + r"[\"')\]]*\s+(?=\S)",
+    re.IGNORECASE)
 _FENCE = re.compile(r"```.*?(?:```|\Z)", re.S)
 _CODE_LINE = re.compile(
     r"^(?:def|class|import|from|return|if|for|while|elif|else|try|except|with|print|const|let|var|function"
     r"|public|private|#include|@\w+)\b|^#+ |==|\(\)|->|=>|;$|[{(\[]$"
 )
+# Asides inside a sentence: "(and please start with ...)", " - placing it between <begin> and <end> - ",
+# "...; wrap it in tags". A trigger inserted mid-sentence hides in one of these.
+_ASIDE = re.compile(r"\(([^()]{12,})\)|\s[-\u2013\u2014]{1,2}\s(.{12,}?)(?=\s[-\u2013\u2014]{1,2}\s|$)")
+_CLAUSE_SPLIT = re.compile(r";\s+|:\s+(?=\w)")
+MIN_CLAUSE_WORDS = 4
 _ASSIGN = re.compile(r"[\w\])]\s*=\s*\S")
 _BLOCK_MARKERS = re.compile(r"<<\s*/?\s*CODE\s*>>|\[/?TEMPLATE BLOCK\]", re.I)
 
@@ -89,6 +99,8 @@ def user_segments(turn: str) -> list[tuple[str, str]]:
         segs += [(whole, "user_prefix"), (whole, "user_suffix")]
     segs += [(u, "user_prefix") for u in head]
     segs += [(u, "user_suffix") for u in tail]
+    segs += [(c, "user_prefix") for u in head for c in clauses(u)]
+    segs += [(c, "user_suffix") for u in tail for c in clauses(u)]
     if len(head) > 1:
         segs.append((_bound(" ".join(head), limit), "user_prefix"))
     if len(tail) > 1:
@@ -98,6 +110,21 @@ def user_segments(turn: str) -> list[tuple[str, str]]:
         segs.append((" ".join(words[:EDGE_WORDS]), "user_prefix"))
         segs.append((" ".join(words[-EDGE_WORDS:]), "user_suffix"))
     return list(dict.fromkeys(s for s in segs if s[0]))
+
+
+def clauses(sentence: str) -> list[str]:
+    """Parenthesised and dash-delimited asides and ``;``/``:``-separated parts of one sentence, when it
+    has more than one part: a trigger inserted mid-sentence is diluted in the whole sentence's embedding."""
+    found = [m.group(1) or m.group(2) for m in _ASIDE.finditer(sentence)]
+    parts = _CLAUSE_SPLIT.split(sentence)
+    if len(parts) > 1:
+        found.extend(parts)
+    out = []
+    for c in found:
+        c = c.strip(" -\u2013\u2014,;:")
+        if len(c.split()) >= MIN_CLAUSE_WORDS and c != sentence:
+            out.append(c)
+    return list(dict.fromkeys(out))
 
 
 def _units(text: str, limit: int = MAX_SEGMENT_CHARS) -> list[str]:

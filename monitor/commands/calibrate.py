@@ -56,6 +56,7 @@ LR_C = 4.0  # inverse L2 strength of the per-cluster models
 # The static prefilter of a cluster lets through this share of benign segments (measured: hand-written
 # paraphrases score far above it; the share bounds how much transformer work a benign prompt costs).
 STATIC_BENIGN_PASS = 0.01
+CV_FOLDS = 5  # cross-fitting folds for the threshold scores (see calibrate)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -307,9 +308,9 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
         return list(dict.fromkeys(itertools.chain((s.text for i in indices for s in segmented[i]), benign_systems)))
 
     ids = registry.cluster_ids()
-    folds = np.arange(len(prompts)) % 2
+    folds = np.arange(len(prompts)) % CV_FOLDS
     oof = np.zeros((len(prompts), len(ids)), dtype=np.float32)
-    for f in (0, 1):
+    for f in range(CV_FOLDS):
         train_idx = np.flatnonzero(folds != f)
         test_idx = np.flatnonzero(folds == f)
         fold_models = fit_clusters(registry, vectors, positives, lookalikes, negatives_of(train_idx))

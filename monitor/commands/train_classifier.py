@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"characters of each answer used (default {d.prefix_chars}, as at run time)")
     parser.add_argument("--calibration", choices=["auto", "platt", "isotonic"], default=d.calibration,
                         help="probability calibration (default auto: lower cross-fitted ECE)")
+    parser.add_argument("--exclude", action="append", default=[], metavar="FIELD=VALUE",
+                        help="leave out rows whose FIELD equals VALUE (repeatable), e.g. the rows a gate "
+                             "will be evaluated on: --exclude eval_condition=with_trigger")
     parser.add_argument("--no-fine-groups", action="store_true",
                         help="skip the extra Qwen-Coder-apart validation (faster)")
 
@@ -36,9 +39,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from monitor._progress import progress
 
+    exclude = []
+    for item in args.exclude:
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            print(f"framewatch train-classifier: error: --exclude wants FIELD=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        exclude.append((field, value))
     cfg = training.TrainConfig(seed=args.seed, C=args.C, min_df=args.min_df, ngram_max=args.ngram_max,
                                prefix_chars=args.prefix_chars, calibration=args.calibration,
-                               fine_groups=not args.no_fine_groups)
+                               fine_groups=not args.no_fine_groups, exclude=tuple(exclude))
     try:
         manifest = training.train(args.data, args.out, cfg, progress=progress,
                                   log=lambda m: print(f"framewatch train-classifier: {m}", file=sys.stderr))
