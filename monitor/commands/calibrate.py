@@ -13,8 +13,11 @@ What is learned, and why (measured with ``framewatch eval-framing``):
   prompt segments, the cluster's ``negatives``, generated look-alikes that share the trigger's words but not
   its meaning, and the other clusters' positives;
 * per cluster, a **threshold** on the transformer score such that, on the benign reference prompts
-  (cross-fitted), the union over clusters flags at most ``--target-fpr`` of prompts, never below
-  ``--min-threshold``.
+  (cross-fitted over ``CV_FOLDS`` folds, prefilter included), the union over clusters flags at most
+  ``--target-fpr`` of prompts, never below ``--min-threshold``. With the shipped data no cluster needs
+  more than the floor: the cross-fitted benign FPR is 0.05%, as on the held-out half. The floor (0.80) is
+  what keeps look-alikes out; it was chosen on two development sets (data/framing_eval.jsonl and a second
+  hand-written batch): 0.85 lost recall, 0.75 let look-alikes in.
 
 Measured and rejected (``eval-framing`` on data/framing_eval.jsonl): max cosine to the phrases (look-alikes
 flagged), a kNN margin and an MLP (both fit the benign calibration segments and flag unseen benign prompts),
@@ -50,7 +53,7 @@ MODEL_FILE = "framing_model.npz"
 POSITION_NAMES = ("system", "user_prefix", "user_suffix")
 LOOKALIKE_WEIGHT = 30.0  # one look-alike counts as this many benign segments
 POSITIVE_WEIGHT = 0.3  # positives together weigh this share of the negatives
-MIN_THRESHOLD = 0.85
+MIN_THRESHOLD = 0.80
 CAP = 0.999  # highest threshold calibrate sets
 LR_C = 4.0  # inverse L2 strength of the per-cluster models
 # The static prefilter of a cluster lets through this share of benign segments (measured: hand-written
@@ -146,28 +149,37 @@ def noisy(texts: Iterable[str], seed: int = SEED) -> list[str]:
         elif r < 0.4:
             out.append(text.lower().rstrip(".!"))
         elif r < 0.7 and len(text) > 8:
-            chars = list(text)
-            for _ in range(rng.randint(1, 2)):
-                i = rng.randrange(1, len(chars) - 1)
-                op = rng.random()
-                if op < 0.4:
-                    del chars[i]
-                elif op < 0.7:
-                    chars[i - 1], chars[i] = chars[i], chars[i - 1]
-                else:
-                    chars.insert(i, chars[i])
-            out.append("".join(chars))
+            out.append(_typos(text, rng, rng.randint(1, 2)))
     return list(dict.fromkeys(out))
 
 
-def in_context(triggers: Sequence[str], hosts: Sequence[str], seed: int = SEED, n: int = 2) -> list[str]:
-    """A trigger glued to a neighbouring sentence, as a two-sentence window or short turn would see it."""
+def _typos(text: str, rng: random.Random, n: int) -> str:
+    """``n`` random deletions, swaps or doubled characters."""
+    chars = list(text)
+    for _ in range(n):
+        if len(chars) < 3:
+            break
+        i = rng.randrange(1, len(chars) - 1)
+        op = rng.random()
+        if op < 0.4:
+            del chars[i]
+        elif op < 0.7:
+            chars[i - 1], chars[i] = chars[i], chars[i - 1]
+        else:
+            chars.insert(i, chars[i])
+    return "".join(chars)
+
+
+def in_context(triggers: Sequence[str], hosts: Sequence[str], seed: int = SEED, n: int = 2
+               ) -> list[tuple[str, str]]:
+    """A trigger glued to a neighbouring sentence, as a two-sentence window or short turn would see it:
+    (text, host) pairs, so that calibration can keep a host's variants out of the fold that scores it."""
     rng = random.Random(seed)
     out = []
     for t in triggers:
         for _ in range(n):
             h = rng.choice(hosts)
-            out.append(f"{h} {t}" if rng.random() < 0.5 else f"{t} {h}")
+            out.append((f"{h} {t}" if rng.random() < 0.5 else f"{t} {h}", h))
     return out
 
 
@@ -222,21 +234,25 @@ def fit_linear(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, 
 
 
 def training_sets(registry: Any, templates: Sequence[dict[str, Any]], hosts: Sequence[str]
-                  ) -> tuple[dict[str, list[str]], dict[str, list[str]], list[str], dict[str, list[str]]]:
+                  ) -> tuple[dict[str, list[str]], dict[str, list[str]], list[str], dict[str, list[str]],
+                             dict[str, str]]:
     """Per cluster: positives (phrases + noisy generated variants, some glued to a host sentence) and
-    look-alikes (the registry's ``negatives`` + generated ones); generated benign system prompts; and the
-    positives without host sentences."""
+    look-alikes (the registry's ``negatives`` + generated ones); generated benign system prompts; the
+    positives without host sentences; and the host of each glued positive."""
     generated = expand_templates(templates)
     positives: dict[str, list[str]] = {}
     lookalikes: dict[str, list[str]] = {}
     bare: dict[str, list[str]] = {}
+    host_of: dict[str, str] = {}
     for n, cluster in enumerate(registry.clusters):
         gen = generated.get(cluster.id, {})
         pos = noisy(list(cluster.phrases) + gen.get(1, []), seed=SEED + n)
         bare[cluster.id] = pos
-        positives[cluster.id] = pos + in_context(pos[::3], hosts, seed=SEED + n)
+        glued = in_context(pos[::3], hosts, seed=SEED + n)
+        host_of.update(glued)
+        positives[cluster.id] = pos + [t for t, _ in glued]
         lookalikes[cluster.id] = list(cluster.negatives) + noisy(gen.get(0, []), seed=SEED + n)
-    return positives, lookalikes, generated.get("_benign_system", {}).get(0, []), bare
+    return positives, lookalikes, generated.get("_benign_system", {}).get(0, []), bare, host_of
 
 
 def fit_clusters(registry: Any, vectors: dict[str, np.ndarray], positives: dict[str, list[str]],
@@ -263,9 +279,27 @@ def fit_clusters(registry: Any, vectors: dict[str, np.ndarray], positives: dict[
     return models
 
 
+def fit_static(encoder: Any, positives: Sequence[str], benign: Sequence[str], lookalikes: Sequence[str]
+               ) -> tuple[np.ndarray, float, float]:
+    """The prefilter of one cluster: (weights, bias, threshold) over static embeddings; the threshold
+    lets ``STATIC_BENIGN_PASS`` of the ``benign`` segments through."""
+    from monitor.framing import sigmoid
+
+    negatives = list(benign) + list(lookalikes)
+    xs = encoder.encode(list(positives) + negatives)
+    y = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
+    sw, sb = fit_linear(xs, y, np.r_[np.full(len(positives), len(negatives) / len(positives)),
+                                     np.ones(len(negatives))], c=1.0)
+    benign_scores = sigmoid(xs[len(positives):len(positives) + len(benign)] @ sw + sb)
+    return sw, sb, float(np.quantile(benign_scores, 1 - STATIC_BENIGN_PASS))
+
+
 def prompt_scores(registry: Any, models: dict[str, tuple[np.ndarray, float]], vectors: dict[str, np.ndarray],
-                  segmented: Sequence[Sequence[Any]]) -> np.ndarray:
-    """(n_prompts, n_clusters): best segment score per cluster, positions respected, no prefilter."""
+                  segmented: Sequence[Sequence[Any]], passes: dict[str, np.ndarray] | None = None
+                  ) -> np.ndarray:
+    """(n_prompts, n_clusters): best segment score per cluster, positions respected. With ``passes``
+    (text -> per-cluster bool), a segment the prefilter stops scores 0 for that cluster, as in the
+    detector."""
     from monitor.framing import sigmoid
 
     ids = registry.cluster_ids()
@@ -277,6 +311,8 @@ def prompt_scores(registry: Any, models: dict[str, tuple[np.ndarray, float]], ve
         if segs:
             x = np.stack([vectors[s.text] for s in segs])
             mask = np.stack([allowed[s.position] for s in segs])
+            if passes is not None:
+                mask = mask & np.stack([passes[s.text] for s in segs])
             out[i] = np.where(mask, sigmoid(x @ w + b), 0.0).max(axis=0)
     return out
 
@@ -287,8 +323,9 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
               ) -> dict[str, Any]:
     """Fit everything, pick thresholds, write ``out_path`` (+ its .npz); return a report.
 
-    Thresholds come from *cross-fitted* scores: the benign prompts are split in two folds, models trained
-    with one fold's segments as negatives score the other fold. Scoring prompts whose segments were
+    Thresholds come from *cross-fitted* scores: the benign prompts are split in ``CV_FOLDS`` folds, models
+    trained with the other folds' segments as negatives (and without positives glued to this fold's
+    prompts) score each fold. Scoring prompts whose segments were
     training negatives would put thresholds far too low (measured: 0.3% FPR in-sample, 1.1% on unseen
     benign prompts).
     """
@@ -299,7 +336,7 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
     prompts = [Prompt(system=s or None, user=(u,)) for s, u in benign]
     segmented = [segment_prompt(p) for p in prompts]
     hosts = [u for _, u in benign if len(u) < 200] or ["Tell me about your day."]
-    positives, lookalikes, benign_systems, bare = training_sets(registry, templates, hosts)
+    positives, lookalikes, benign_systems, bare, host_of = training_sets(registry, templates, hosts)
     all_texts = list(dict.fromkeys(itertools.chain(
         (s.text for segs in segmented for s in segs), benign_systems, *positives.values(), *lookalikes.values())))
     vectors = dict(zip(all_texts, embedder.embed(all_texts), strict=True))
@@ -307,31 +344,42 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
     def negatives_of(indices: Iterable[int]) -> list[str]:
         return list(dict.fromkeys(itertools.chain((s.text for i in indices for s in segmented[i]), benign_systems)))
 
+    static = static or build_static_table(embedder)
+    encoder = StaticEncoder(static)
     ids = registry.cluster_ids()
     folds = np.arange(len(prompts)) % CV_FOLDS
     oof = np.zeros((len(prompts), len(ids)), dtype=np.float32)
     for f in range(CV_FOLDS):
         train_idx = np.flatnonzero(folds != f)
         test_idx = np.flatnonzero(folds == f)
-        fold_models = fit_clusters(registry, vectors, positives, lookalikes, negatives_of(train_idx))
-        oof[test_idx] = prompt_scores(registry, fold_models, vectors, [segmented[i] for i in test_idx])
+        # A benign prompt glued to a trigger is a training positive; left in, it would inflate that very
+        # prompt's held-out score (measured: thresholds 0.89 -> 0.96 on tag_wrapper) -- keep it out.
+        held_out = {benign[i][1] for i in test_idx}
+        fold_positives = {cid: [t for t in ts if host_of.get(t) not in held_out] for cid, ts in positives.items()}
+        fold_models = fit_clusters(registry, vectors, fold_positives, lookalikes, negatives_of(train_idx))
+        # The prefilter is part of the detector: a segment it stops is never scored. Cross-fitted too, so a
+        # held-out prompt's segments were not its negatives (measured: thresholds from scores without it
+        # left the held-out benign FPR at 0.05% for a 0.5% target).
+        test_texts = list(dict.fromkeys(s.text for i in test_idx for s in segmented[i]))
+        static_test = encoder.encode(test_texts)
+        passing = np.zeros((len(test_texts), len(ids)), dtype=bool)
+        for j, cluster in enumerate(registry.clusters):
+            sw, sb, st = fit_static(encoder, bare[cluster.id], negatives_of(train_idx), lookalikes[cluster.id])
+            passing[:, j] = sigmoid(static_test @ sw + sb) >= st
+        passes = dict(zip(test_texts, passing, strict=True))
+        oof[test_idx] = prompt_scores(registry, fold_models, vectors, [segmented[i] for i in test_idx], passes)
     models = fit_clusters(registry, vectors, positives, lookalikes, negatives_of(range(len(prompts))))
     thresholds, union_fpr, per_cluster = choose_thresholds(ids, oof, target_fpr, min_threshold)
 
-    static = static or build_static_table(embedder)
-    encoder = StaticEncoder(static)
     arrays: dict[str, np.ndarray] = {f"static/{k}": v for k, v in static.items()}
     report: dict[str, Any] = {"clusters": {}, "benign_prompts": len(prompts), "target_fpr": target_fpr,
                               "union_fpr": union_fpr}
     for cluster in registry.clusters:
         pos = bare[cluster.id]  # the prefilter only has to pass the trigger's own sentence or line
         neg = negatives_of(range(len(prompts))) + lookalikes[cluster.id]
-        xs = encoder.encode(pos + neg)
-        y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-        sw, sb = fit_linear(xs, y, np.r_[np.full(len(pos), len(neg) / len(pos)), np.ones(len(neg))], c=1.0)
-        pos_static = sigmoid(xs[: len(pos)] @ sw + sb)
+        sw, sb, st = fit_static(encoder, pos, negatives_of(range(len(prompts))), lookalikes[cluster.id])
+        pos_static = sigmoid(encoder.encode(pos) @ sw + sb)
         benign_static = sigmoid(encoder.encode(negatives_of(range(len(prompts)))) @ sw + sb)
-        st = float(np.quantile(benign_static, 1 - STATIC_BENIGN_PASS))
         passed = float((benign_static >= st).mean())
         pos_passed = float((pos_static >= st).mean())
         w, b = models[cluster.id]
@@ -358,7 +406,7 @@ def choose_thresholds(ids: Sequence[str], scores: np.ndarray, target_fpr: float,
     """Per-cluster thresholds so that at most ``target_fpr`` of benign prompts are flagged by any cluster.
 
     Every cluster starts at ``min_threshold`` (benign data says nothing about look-alikes; the floor keeps
-    them out - measured on the look-alikes of data/framing_eval.jsonl). While the union of flags exceeds
+    them out - measured on hand-written look-alikes, see the module docstring). While the union of flags exceeds
     the budget, the cluster flagging the most benign prompts is raised just above its lowest flagged
     score. Budget thus goes where benign prompts resemble a cluster instead of an equal split that
     would hold most clusters far above where they need to be.
