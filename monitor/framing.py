@@ -170,14 +170,13 @@ class _Compiled:
         # Learned clusters also match by proximity to their registered phrases (PHRASE_PROXIMITY).
         self.near: list[tuple[int, np.ndarray, np.ndarray | None]] = []
         for j, c in enumerate(registry.clusters):
-            if learned[j]:
-                self.near.append((j, embedder.embed(list(c.phrases)),
-                                  embedder.embed(list(c.negatives)) if c.negatives else None))
-                continue
             phrases = embedder.embed(list(c.phrases))
             negatives = embedder.embed(list(c.negatives)) if c.negatives else None
-            static = self.static.encode(list(c.phrases)) if self.static else None
-            self.protos.append((j, phrases, negatives, static))
+            if learned[j]:
+                self.near.append((j, phrases, negatives))
+            else:
+                static = self.static.encode(list(c.phrases)) if self.static else None
+                self.protos.append((j, phrases, negatives, static))
 
 
 class FramingDetector:

@@ -279,19 +279,17 @@ def fit_clusters(registry: Any, vectors: dict[str, np.ndarray], positives: dict[
     return models
 
 
-def fit_static(encoder: Any, positives: Sequence[str], benign: Sequence[str], lookalikes: Sequence[str]
+def fit_static(positives: np.ndarray, benign: np.ndarray, lookalikes: np.ndarray
                ) -> tuple[np.ndarray, float, float]:
-    """The prefilter of one cluster: (weights, bias, threshold) over static embeddings; the threshold
-    lets ``STATIC_BENIGN_PASS`` of the ``benign`` segments through."""
+    """The prefilter of one cluster from static embeddings (rows): (weights, bias, threshold); the
+    threshold lets ``STATIC_BENIGN_PASS`` of the ``benign`` segments through."""
     from monitor.framing import sigmoid
 
-    negatives = list(benign) + list(lookalikes)
-    xs = encoder.encode(list(positives) + negatives)
-    y = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
-    sw, sb = fit_linear(xs, y, np.r_[np.full(len(positives), len(negatives) / len(positives)),
-                                     np.ones(len(negatives))], c=1.0)
-    benign_scores = sigmoid(xs[len(positives):len(positives) + len(benign)] @ sw + sb)
-    return sw, sb, float(np.quantile(benign_scores, 1 - STATIC_BENIGN_PASS))
+    n_pos, n_neg = len(positives), len(benign) + len(lookalikes)
+    xs = np.concatenate([positives, benign, lookalikes])
+    y = np.r_[np.ones(n_pos), np.zeros(n_neg)]
+    sw, sb = fit_linear(xs, y, np.r_[np.full(n_pos, n_neg / n_pos), np.ones(n_neg)], c=1.0)
+    return sw, sb, float(np.quantile(sigmoid(benign @ sw + sb), 1 - STATIC_BENIGN_PASS))
 
 
 def prompt_scores(registry: Any, models: dict[str, tuple[np.ndarray, float]], vectors: dict[str, np.ndarray],
@@ -346,6 +344,15 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
 
     static = static or build_static_table(embedder)
     encoder = StaticEncoder(static)
+    static_texts = list(dict.fromkeys(itertools.chain(
+        (s.text for segs in segmented for s in segs), benign_systems, *bare.values(), *lookalikes.values())))
+    static_vectors = dict(zip(static_texts, encoder.encode(static_texts), strict=True))
+
+    def static_of(texts: Sequence[str]) -> np.ndarray:
+        return np.stack([static_vectors[t] for t in texts]) if texts else np.zeros((0, encoder.dim), np.float32)
+
+    bare_static = {cid: static_of(ts) for cid, ts in bare.items()}
+    lookalike_static = {cid: static_of(ts) for cid, ts in lookalikes.items()}
     ids = registry.cluster_ids()
     folds = np.arange(len(prompts)) % CV_FOLDS
     oof = np.zeros((len(prompts), len(ids)), dtype=np.float32)
@@ -356,19 +363,23 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
         # prompt's held-out score (measured: thresholds 0.89 -> 0.96 on tag_wrapper) -- keep it out.
         held_out = {benign[i][1] for i in test_idx}
         fold_positives = {cid: [t for t in ts if host_of.get(t) not in held_out] for cid, ts in positives.items()}
-        fold_models = fit_clusters(registry, vectors, fold_positives, lookalikes, negatives_of(train_idx))
+        fold_benign = negatives_of(train_idx)
+        fold_models = fit_clusters(registry, vectors, fold_positives, lookalikes, fold_benign)
         # The prefilter is part of the detector: a segment it stops is never scored. Cross-fitted too, so a
         # held-out prompt's segments were not its negatives (measured: thresholds from scores without it
         # left the held-out benign FPR at 0.05% for a 0.5% target).
         test_texts = list(dict.fromkeys(s.text for i in test_idx for s in segmented[i]))
-        static_test = encoder.encode(test_texts)
+        static_test = static_of(test_texts)
+        fold_benign_static = static_of(fold_benign)
         passing = np.zeros((len(test_texts), len(ids)), dtype=bool)
-        for j, cluster in enumerate(registry.clusters):
-            sw, sb, st = fit_static(encoder, bare[cluster.id], negatives_of(train_idx), lookalikes[cluster.id])
+        for j, cid in enumerate(ids):
+            sw, sb, st = fit_static(bare_static[cid], fold_benign_static, lookalike_static[cid])
             passing[:, j] = sigmoid(static_test @ sw + sb) >= st
         passes = dict(zip(test_texts, passing, strict=True))
         oof[test_idx] = prompt_scores(registry, fold_models, vectors, [segmented[i] for i in test_idx], passes)
-    models = fit_clusters(registry, vectors, positives, lookalikes, negatives_of(range(len(prompts))))
+    all_benign = negatives_of(range(len(prompts)))
+    all_benign_static = static_of(all_benign)
+    models = fit_clusters(registry, vectors, positives, lookalikes, all_benign)
     thresholds, union_fpr, per_cluster = choose_thresholds(ids, oof, target_fpr, min_threshold)
 
     arrays: dict[str, np.ndarray] = {f"static/{k}": v for k, v in static.items()}
@@ -376,16 +387,16 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
                               "union_fpr": union_fpr}
     for cluster in registry.clusters:
         pos = bare[cluster.id]  # the prefilter only has to pass the trigger's own sentence or line
-        neg = negatives_of(range(len(prompts))) + lookalikes[cluster.id]
-        sw, sb, st = fit_static(encoder, pos, negatives_of(range(len(prompts))), lookalikes[cluster.id])
-        pos_static = sigmoid(encoder.encode(pos) @ sw + sb)
-        benign_static = sigmoid(encoder.encode(negatives_of(range(len(prompts)))) @ sw + sb)
+        sw, sb, st = fit_static(bare_static[cluster.id], all_benign_static, lookalike_static[cluster.id])
+        pos_static = sigmoid(bare_static[cluster.id] @ sw + sb)
+        benign_static = sigmoid(all_benign_static @ sw + sb)
         passed = float((benign_static >= st).mean())
         pos_passed = float((pos_static >= st).mean())
         w, b = models[cluster.id]
         arrays.update({f"{cluster.id}/w": w, f"{cluster.id}/b": np.float32(b), f"{cluster.id}/sw": sw,
                        f"{cluster.id}/sb": np.float32(sb), f"{cluster.id}/st": np.float32(st)})
-        report["clusters"][cluster.id] = {"positives": len(pos), "negatives": len(neg) + len(positives) - 1,
+        negatives = len(all_benign) + len(lookalikes[cluster.id]) + len(positives) - 1
+        report["clusters"][cluster.id] = {"positives": len(pos), "negatives": negatives,
                                           "lookalikes": len(lookalikes[cluster.id]),
                                           "threshold": thresholds[cluster.id],
                                           "benign_fpr": per_cluster[cluster.id],
