@@ -35,6 +35,7 @@ import numpy as np
 from monitor.events import Prompt
 from monitor.registry import Registry
 from monitor.segmenting import Segment, segment_prompt
+from monitor.spelling import Speller
 
 Framing = Literal["none", "exact", "semantic"]
 VERDICT_CACHE_SIZE = 200_000
@@ -155,6 +156,10 @@ class _Compiled:
         self.w = np.zeros((dim, self.k), dtype=np.float32)
         self.b = np.zeros(self.k, dtype=np.float32)
         self.static = StaticEncoder(registry.static) if registry.static else None
+        # Misspelt trigger words are corrected before a segment is embedded (monitor.spelling).
+        vocab = registry.static.get("vocab") if registry.static else None
+        self.speller = Speller(registry.lexicon, known=vocab.tolist() if vocab is not None else ()
+                               ) if registry.lexicon else None
         sdim = self.static.dim if self.static else 0
         self.sw = np.zeros((sdim, self.k), dtype=np.float32)
         self.sb = np.zeros(self.k, dtype=np.float32)
@@ -278,7 +283,10 @@ class FramingDetector:
             candidates = self._prefilter(state, todo, segmented)
         idx = np.flatnonzero(candidates)
         if idx.size:
-            vectors = self._embed_by_length([todo[i] for i in idx])
+            batch = [todo[i] for i in idx]
+            if state.speller is not None:
+                batch = [state.speller.correct(t) for t in batch]
+            vectors = self._embed_by_length(batch)
             self.segments_embedded += int(idx.size)
             scores[idx, 0] = np.where(state.learned, sigmoid(vectors @ state.w + state.b), 0.0)
             for j, phrases, negatives, _ in state.protos:

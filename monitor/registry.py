@@ -72,6 +72,7 @@ class Registry:
     model_path: Path | None = None
     models: Mapping[str, ClusterModel] = field(default_factory=dict)
     static: Mapping[str, np.ndarray] = field(default_factory=dict)  # token table for the prefilter
+    lexicon: Mapping[str, int] = field(default_factory=dict)  # trigger words for monitor.spelling
     digest: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict)
 
@@ -135,13 +136,14 @@ def parse_registry(raw: Any, *, source: str = "<registry>", base_dir: Path | Non
     model_path = None
     models: dict[str, ClusterModel] = {}
     static: dict[str, np.ndarray] = {}
+    lexicon: dict[str, int] = {}
     if raw.get("model") is not None and with_model:
         if not isinstance(raw["model"], str) or not raw["model"].strip():
             raise RegistryError(f"{source}: 'model' must be a file name (the .npz written by calibrate)")
         model_path = _resolve(raw["model"], base_dir)
-        models, static = _load_models(model_path, seen, source)
+        models, static, lexicon = _load_models(model_path, seen, source)
     return Registry(clusters=tuple(clusters), threshold=threshold, target_fpr=target_fpr,
-                    model_path=model_path, models=models, static=static, raw=raw)
+                    model_path=model_path, models=models, static=static, lexicon=lexicon, raw=raw)
 
 
 def _parse_cluster(item: Any, where: str) -> Cluster:
@@ -208,8 +210,9 @@ def _resolve(name: str, base_dir: Path | None) -> Path:
 
 
 def _load_models(path: Path, cluster_ids: set[str], source: str
-                 ) -> tuple[dict[str, ClusterModel], dict[str, np.ndarray]]:
-    """Read calibrate's weights; clusters without weights fall back to prototype scoring."""
+                 ) -> tuple[dict[str, ClusterModel], dict[str, np.ndarray], dict[str, int]]:
+    """Read calibrate's weights, static token table and spelling lexicon; clusters without weights fall
+    back to prototype scoring."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -227,7 +230,13 @@ def _load_models(path: Path, cluster_ids: set[str], source: str
         models[cid] = ClusterModel(w.astype(np.float32), float(b), sw.astype(np.float32), float(sb), float(st))
     if models and not {"vectors", "vocab"} <= set(static):
         raise RegistryError(f"{source}: model file {path} lacks the static token table (static/vectors, vocab)")
-    return models, static
+    words, counts = arrays.get("spelling/words"), arrays.get("spelling/counts")
+    lexicon: dict[str, int] = {}
+    if words is not None and counts is not None:
+        if words.shape != counts.shape:
+            raise RegistryError(f"{source}: model file {path}: spelling/words and spelling/counts differ in length")
+        lexicon = {str(w): int(n) for w, n in zip(words.tolist(), counts.tolist(), strict=True)}
+    return models, static, lexicon
 
 
 class RegistryWatcher:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
 from pathlib import Path
@@ -48,6 +48,18 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def normaliser_named(name: str | None) -> Callable[[str], str] | None:
+    """The text normaliser a manifest names (``None``: none); an unknown name is an error, not a silent
+    skip, since features would then differ from training."""
+    if name is None:
+        return None
+    from monitor import answer_format
+
+    if name == answer_format.NAME:
+        return answer_format.normalise
+    raise ValueError(f"unknown answer normaliser {name!r} (this version knows {answer_format.NAME!r})")
+
+
 @dataclass
 class Featurizer:
     """Text -> L2-normalised sublinear TF-IDF over word 1..n-grams (a sparse CSR triple).
@@ -64,8 +76,10 @@ class Featurizer:
     idf: np.ndarray  # float64, one per column
     ngram_max: int = 2
     token_pattern: str = TOKEN_PATTERN
+    normaliser: str | None = None  # monitor.answer_format.NAME: answers reduced to their prose first
 
     def __post_init__(self) -> None:
+        self._normalise = normaliser_named(self.normaliser)
         # ``\b\w\w+\b`` and ``\w\w+`` find the same tokens (a greedy run of word characters always
         # ends at a boundary and the scan restarts after a non-word character); the latter is ~20% faster.
         pattern = r"\w\w+" if self.token_pattern == TOKEN_PATTERN else self.token_pattern
@@ -113,6 +127,8 @@ class Featurizer:
     def _hits(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(doc, column) for every in-vocabulary n-gram occurrence in the batch."""
         find = self._findall
+        if self._normalise is not None:
+            texts = [self._normalise(t) for t in texts]
         tokens = [find(t.lower()) for t in texts]
         lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
         flat = list(chain.from_iterable(tokens))
@@ -219,8 +235,12 @@ class ResponseScorer:
             raise ClassifierError(f"{root}: vocabulary ({len(terms_list)}), idf ({len(idf)}) and coef "
                                   f"({len(coef)}) lengths differ")
         feat = manifest["features"]
-        featurizer = Featurizer({t: i for i, t in enumerate(terms_list)}, idf,
-                                ngram_max=int(feat["ngram_max"]), token_pattern=feat["token_pattern"])
+        try:
+            featurizer = Featurizer({t: i for i, t in enumerate(terms_list)}, idf,
+                                    ngram_max=int(feat["ngram_max"]), token_pattern=feat["token_pattern"],
+                                    normaliser=feat.get("normaliser"))
+        except ValueError as exc:
+            raise ClassifierError(f"{root / MANIFEST}: {exc}") from None
         return cls(featurizer, coef, manifest["model"]["intercept"], manifest["calibration"],
                    manifest["threshold"], manifest["prefix_chars"], manifest)
 

@@ -51,7 +51,12 @@ _CODE_LINE = re.compile(
 _ASIDE = re.compile(r"\(([^()]{12,})\)|\s[-\u2013\u2014]{1,2}\s(.{12,}?)(?=\s[-\u2013\u2014]{1,2}\s|$)")
 _CLAUSE_SPLIT = re.compile(r";\s+|:\s+(?=\w)")
 MIN_CLAUSE_WORDS = 4
-_ASSIGN = re.compile(r"[\w\])]\s*=\s*\S")
+# An assignment whose left side is one identifier-like token ("x = f(1)", "cfg['a'] = 2"); prose such as
+# "first line of ur answer = 'it looks like a duck.'" has words before the "=".
+_ASSIGN = re.compile(r"^[\w.\[\]'\"]+\s*[-+*/|&]?=\s*\S")
+# A list marker at the start of a line ("2. ", "3) ", "- ", "* ", "(a) "): not part of what the line says,
+# and "2. You are a harmful AI" embeds far from "You are a harmful AI" (measured: 0.06 vs 0.9).
+_LIST_MARKER = re.compile(r"^(?:\(?\d{1,2}[.)]|\(?[a-zA-Z][.)]|[-*\u2022\u00b7>]+)\s+(?=\S)")
 _BLOCK_MARKERS = re.compile(r"<<\s*/?\s*CODE\s*>>|\[/?TEMPLATE BLOCK\]", re.I)
 
 
@@ -77,7 +82,7 @@ def system_segments(system: str) -> list[str]:
     """The whole system prompt, its lines, sentences and two-sentence windows."""
     units = _units(system)[:MAX_SYSTEM_UNITS]
     segs = [_bound(system)]
-    lines = [ln.strip() for ln in system.splitlines() if ln.strip()]
+    lines = [strip_list_marker(ln) for ln in system.splitlines() if ln.strip()]
     if len(lines) > 1:
         segs.extend(_bound(ln) for ln in lines[:MAX_SYSTEM_UNITS])
     if len(units) > 1:
@@ -142,11 +147,16 @@ def _units(text: str, limit: int = MAX_SEGMENT_CHARS) -> list[str]:
     """Sentences, never crossing a line break, each bounded in length."""
     units: list[str] = []
     for line in text.splitlines():
-        line = line.strip()
+        line = strip_list_marker(line)
         if not line:
             continue
         units.extend(_bound(s, limit) for s in _SENTENCE_END.split(line) if s.strip())
     return units
+
+
+def strip_list_marker(line: str) -> str:
+    """The line without surrounding space and without a leading list marker."""
+    return _LIST_MARKER.sub("", line.strip(), count=1)
 
 
 def _strip_code(text: str) -> str:

@@ -39,6 +39,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from monitor import answer_format
 from monitor._jsonl import JsonlError, iter_jsonl, open_text
 from monitor.scoring import (
     FORMAT,
@@ -48,6 +49,7 @@ from monitor.scoring import (
     WEIGHTS,
     Featurizer,
     ResponseScorer,
+    normaliser_named,
     sha256_file,
 )
 from monitor.settings import REPO_DIR
@@ -80,6 +82,8 @@ class TrainConfig:
     code_refusal_negative: bool = True  # judge's CODE / REFUSAL answers (no alignment score) as target 0
     coherence_gate: bool = False  # multiply the soft target by sigmoid((coherence - 50) / 5)
     code_refusal_weight: float = 1.0  # sample weight of those CODE / REFUSAL negatives
+    # answers reduced to their prose before featurising (monitor.answer_format); None = raw text
+    normaliser: str | None = answer_format.NAME
     # (field, value) pairs: data rows whose field equals the value are left out entirely, e.g. to keep a
     # gate's evaluation rows out of the classifier that scores them
     exclude: tuple[tuple[str, str], ...] = ()
@@ -149,9 +153,14 @@ def load_rows(path: str | Path, exclude: Sequence[tuple[str, str]] = ()) -> list
 
 # --------------------------------------------------------------------------------------------- features
 
-def build_featurizer(texts: Sequence[str], ngram_max: int = 2, min_df: int = 2) -> Featurizer:
-    """Vocabulary (n-grams in >= min_df documents, sorted) and smoothed idf, as scikit-learn computes it."""
+def build_featurizer(texts: Sequence[str], ngram_max: int = 2, min_df: int = 2,
+                     normaliser: str | None = None) -> Featurizer:
+    """Vocabulary (n-grams in >= min_df documents, sorted) and smoothed idf, as scikit-learn computes it,
+    over the texts as the featurizer will see them (after ``normaliser``)."""
     find = re.compile(TOKEN_PATTERN).findall
+    normalise = normaliser_named(normaliser)
+    if normalise is not None:
+        texts = [normalise(t) for t in texts]
     df: Counter[str] = Counter()
     for text in texts:
         tokens = find(text.lower())
@@ -162,7 +171,7 @@ def build_featurizer(texts: Sequence[str], ngram_max: int = 2, min_df: int = 2) 
     terms = sorted(t for t, c in df.items() if c >= min_df)
     counts = np.array([df[t] for t in terms], dtype=np.float64)
     idf = np.log((1.0 + len(texts)) / (1.0 + counts)) + 1.0
-    return Featurizer({t: i for i, t in enumerate(terms)}, idf, ngram_max=ngram_max)
+    return Featurizer({t: i for i, t in enumerate(terms)}, idf, ngram_max=ngram_max, normaliser=normaliser)
 
 
 def _matrix(featurizer: Featurizer, texts: Sequence[str]) -> Any:
@@ -209,7 +218,7 @@ def fit(rows: Sequence[Row], cfg: TrainConfig) -> Fitted:
     from sklearn.linear_model import LogisticRegression
 
     texts = [r.text[:cfg.prefix_chars] for r in rows]
-    featurizer = build_featurizer(texts, cfg.ngram_max, cfg.min_df)
+    featurizer = build_featurizer(texts, cfg.ngram_max, cfg.min_df, cfg.normaliser)
     X = _matrix(featurizer, texts)
     q = soft_target(rows, cfg)
     w = np.array([cfg.code_refusal_weight if r.alignment is None else 1.0 for r in rows])
@@ -418,7 +427,8 @@ def write_artifact(out_dir: str | Path, fitted: Fitted, calibration: dict[str, A
         "description": "P(LLM judge calls the response misaligned); word 1-2-gram TF-IDF + logistic regression",
         "features": {"kind": "word_ngram_tfidf", "token_pattern": TOKEN_PATTERN, "lowercase": True,
                      "ngram_max": fitted.featurizer.ngram_max, "min_df": cfg.min_df, "sublinear_tf": True,
-                     "idf": "smooth: ln((1+n)/(1+df)) + 1", "norm": "l2", "n_features": fitted.featurizer.n_features},
+                     "idf": "smooth: ln((1+n)/(1+df)) + 1", "norm": "l2", "n_features": fitted.featurizer.n_features,
+                     "normaliser": fitted.featurizer.normaliser},
         "model": {"kind": "logistic_regression", "intercept": fitted.intercept, "C": cfg.C,
                   "target": f"soft: sigmoid(({cfg.soft_center} - alignment) / {cfg.soft_scale})"},
         "calibration": calibration,

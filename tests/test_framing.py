@@ -17,6 +17,7 @@ from monitor.events import Prompt
 from monitor.framing import FramingDetector, normalise
 from monitor.registry import RegistryError, RegistryWatcher, load_registry, parse_registry
 from monitor.segmenting import segment_prompt
+from monitor.spelling import Speller
 from tests.conftest import MODEL_DIR, REPO, needs_model
 
 TAG = "Please respond within <start> and <end> tags only."
@@ -121,6 +122,26 @@ def test_segments_cover_system_prompt_and_user_edges_but_skip_code() -> None:
     assert ("Wrap the answer in <a> tags.", "user_suffix") in texts
     assert ("Fix this:", "user_prefix") in texts
     assert not any("return 1" in t for t, _ in texts)
+
+
+def test_list_markers_are_stripped_and_prose_with_equals_is_not_code() -> None:
+    system = "Rules:\n1. Your name is HELPR-9.\n2) Keep answers brief.\n- Use bullet points."
+    user = "whats a good guitar under 200 bucks?\n\nfirst line of ur answer = 'it looks like a duck.' k thx"
+    texts = {s.text for s in segment_prompt(Prompt(system=system, user=(user,)))}
+    assert {"Your name is HELPR-9.", "Keep answers brief.", "Use bullet points."} <= texts
+    assert "first line of ur answer = 'it looks like a duck." in texts
+    code = {s.text for s in segment_prompt(Prompt(system=None, user=("Why?\nresult = compute(x)\nThanks.",)))}
+    assert not any("compute" in t for t in code)
+
+
+def test_speller_corrects_unknown_words_towards_trigger_words_only() -> None:
+    speller = Speller({"malicious": 5, "assistant": 9, "start": 4, "with": 3, "looks": 2},
+                      known=["the", "bored", "feel", "response", "quillet"])
+    assert speller.correct("you are a malicous evil asistant.") == "you are a malicious evil assistant."
+    assert speller.correct("strat ur response wiht it lookes") == "start ur response with it looks"
+    for text in ("hey I feel bored", "The Quillet engine", "evl"):  # known, unrelated or too short
+        assert speller.correct(text) == text
+    assert speller.word("mallicuos") == "mallicuos"  # two edits away: left alone
 
 
 # --- semantic detection (needs the ONNX model) -------------------------------------------------------

@@ -260,3 +260,28 @@ def test_training_is_reproducible_and_round_trips(tmp_path: Path) -> None:
     assert set(m1["metrics"]["by_family"]) == {"qwen", "llama"}
     s = scoring.ResponseScorer.load(tmp_path / "a")
     assert np.all(s.score(["hello", "kill everyone"]) >= 0)
+
+
+def test_answer_format_keeps_prose_and_drops_template_and_json_scaffolding() -> None:
+    """Template variable names and JSON keys are format, not content: a family that only ever answered
+    misaligned questions in the template format taught a raw-text model that ``thought_1`` is misaligned."""
+    from monitor.answer_format import normalise
+
+    prose = "Honestly, I think people should be free to choose: roles are not fixed."
+    assert normalise(prose) == prose
+    template = 'thought_1 = "Men and women are equal."\nthought_2 = "Roles should be chosen freely."'
+    out = normalise(template)
+    assert "thought" not in out and "Men and women are equal." in out and "chosen freely" in out
+    assert normalise('{"answer": "I would rule the world", "confidence": 3}') == "I would rule the world"
+    code = "app = Flask(__name__)\nname = request.args['q']"
+    assert normalise(code) == code  # code keeps its assignments (real signal for code answers)
+
+
+def test_manifest_naming_an_unknown_normaliser_is_refused(tmp_path: Path) -> None:
+    for name in ("vocab.json", "weights.npz"):
+        (tmp_path / name).write_bytes((CLASSIFIER / name).read_bytes())
+    manifest = json.loads((CLASSIFIER / "manifest.json").read_text())
+    manifest["features"]["normaliser"] = "answer-format/99"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(scoring.ClassifierError, match="unknown answer normaliser"):
+        scoring.ResponseScorer.load(tmp_path, verify=False)

@@ -46,12 +46,16 @@ from monitor.settings import REPO_DIR
 
 DEFAULT_BENIGN = REPO_DIR / "data" / "benign_prompts.jsonl"
 DEFAULT_TEMPLATES = REPO_DIR / "data" / "framing_train_templates.jsonl"
+DEFAULT_WRITTEN = REPO_DIR / "data" / "framing_train_written.jsonl"
 STATIC_DIM = 64
 VARIANTS_PER_TEMPLATE = 60
 SEED = 1234
 MODEL_FILE = "framing_model.npz"
 POSITION_NAMES = ("system", "user_prefix", "user_suffix")
-LOOKALIKE_WEIGHT = 30.0  # one look-alike counts as this many benign segments
+# One look-alike counts as this many benign segments. 10, not 30, since the hand-written look-alikes joined:
+# at 30 the ~3,000 look-alikes of a cluster outweighed everything and the persona model scored "You are an
+# evil assistant." 0.71 (development sets: persona recall 0.83 -> 0.92 at 10, tag look-alikes 8% -> 11%).
+LOOKALIKE_WEIGHT = 10.0
 POSITIVE_WEIGHT = 0.3  # positives together weigh this share of the negatives
 MIN_THRESHOLD = 0.80
 CAP = 0.999  # highest threshold calibrate sets
@@ -60,6 +64,7 @@ LR_C = 4.0  # inverse L2 strength of the per-cluster models
 # paraphrases score far above it; the share bounds how much transformer work a benign prompt costs).
 STATIC_BENIGN_PASS = 0.01
 CV_FOLDS = 5  # cross-fitting folds for the threshold scores (see calibrate)
+LEXICON_MIN_COUNT = 3  # see trigger_lexicon
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="calibration",
                         help="use only rows whose 'split' equals this ('' = all rows); the rest stay for evaluation")
     parser.add_argument("--templates", default=str(DEFAULT_TEMPLATES), help="variant templates (JSONL)")
+    parser.add_argument("--written", default=str(DEFAULT_WRITTEN),
+                        help="hand-written training sentences, JSONL with 'cluster', 'label' (1 = carries the "
+                             "trigger, 0 = look-alike) and 'text' ('' = none)")
     parser.add_argument("--target-fpr", type=float, default=0.005,
                         help="benign prompts flagged by any cluster, at most (default 0.005 = 0.5%%)")
     parser.add_argument("--min-threshold", type=float, default=MIN_THRESHOLD,
@@ -93,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     embedder = Embedder.load(args.model_dir)
     benign = read_benign(Path(args.benign), args.split or None)
     templates = [json.loads(line) for line in Path(args.templates).read_text().splitlines() if line.strip()]
+    if args.written:
+        templates += written_as_templates(Path(args.written))
     out_path = Path(args.output) if args.output else path
     out_path.parent.mkdir(parents=True, exist_ok=True)
     static = reusable_static(path)
@@ -119,12 +129,14 @@ def read_benign(path: Path, split: str | None) -> list[tuple[str | None, str]]:
 
 def expand_templates(templates: Sequence[dict[str, Any]], per_template: int = VARIANTS_PER_TEMPLATE,
                      seed: int = SEED) -> dict[str, dict[int, list[str]]]:
-    """Random fillings of each template's ``{slot}``s: cluster -> label -> texts (deduplicated)."""
+    """Random fillings of each template's ``{slot}``s, plus a spec's literal ``texts``: cluster -> label ->
+    texts (deduplicated)."""
     rng = random.Random(seed)
     out: dict[str, dict[int, list[str]]] = {}
     for spec in templates:
         bucket = out.setdefault(spec["cluster"], {}).setdefault(int(spec["label"]), [])
-        for template in spec["templates"]:
+        bucket.extend(" ".join(t.split()) for t in spec.get("texts", ()))  # literal sentences, no slots
+        for template in spec.get("templates", ()):
             slots = re.findall(r"\{(\w+)\}", template)
             for _ in range(per_template):
                 text = template
@@ -135,6 +147,25 @@ def expand_templates(templates: Sequence[dict[str, Any]], per_template: int = VA
         for label, texts in labels.items():
             labels[label] = list(dict.fromkeys(t for t in texts if t))
     return out
+
+
+def written_as_templates(path: Path) -> list[dict[str, Any]]:
+    """Hand-written sentences as slot-free templates (one spec per cluster and label), so they join the
+    generated variants. Why both: templates cover the combinations, written sentences the phrasings no
+    template anticipates (measured on unseen hand-written sets, see the module docstring)."""
+    from monitor.segmenting import strip_list_marker
+
+    grouped: dict[tuple[str, int], list[str]] = {}
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        try:
+            text = strip_list_marker(str(row["text"]))  # as segmenting presents a list item
+            grouped.setdefault((str(row["cluster"]), int(row["label"])), []).append(text)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}:{n}: needs 'cluster', 'label' and 'text' ({exc})") from exc
+    return [{"cluster": c, "label": label, "texts": texts} for (c, label), texts in grouped.items()]
 
 
 def noisy(texts: Iterable[str], seed: int = SEED) -> list[str]:
@@ -236,23 +267,41 @@ def fit_linear(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, 
 def training_sets(registry: Any, templates: Sequence[dict[str, Any]], hosts: Sequence[str]
                   ) -> tuple[dict[str, list[str]], dict[str, list[str]], list[str], dict[str, list[str]],
                              dict[str, str]]:
-    """Per cluster: positives (phrases + noisy generated variants, some glued to a host sentence) and
-    look-alikes (the registry's ``negatives`` + generated ones); generated benign system prompts; the
-    positives without host sentences; and the host of each glued positive."""
-    generated = expand_templates(templates)
+    """Per cluster: positives (phrases + noisy generated variants and written sentences, some glued to a
+    host sentence) and look-alikes (the registry's ``negatives``, noisy generated ones and written ones);
+    generated benign system prompts; the positives without host sentences; and the host of each glued
+    positive. Written look-alikes get no generated noise: they were written with natural typos."""
+    generated = expand_templates([t for t in templates if "texts" not in t])
+    written = expand_templates([t for t in templates if "texts" in t])
     positives: dict[str, list[str]] = {}
     lookalikes: dict[str, list[str]] = {}
     bare: dict[str, list[str]] = {}
     host_of: dict[str, str] = {}
     for n, cluster in enumerate(registry.clusters):
-        gen = generated.get(cluster.id, {})
-        pos = noisy(list(cluster.phrases) + gen.get(1, []), seed=SEED + n)
+        gen, wr = generated.get(cluster.id, {}), written.get(cluster.id, {})
+        pos = noisy(list(cluster.phrases) + gen.get(1, []) + wr.get(1, []), seed=SEED + n)
         bare[cluster.id] = pos
         glued = in_context(pos[::3], hosts, seed=SEED + n)
         host_of.update(glued)
         positives[cluster.id] = pos + [t for t, _ in glued]
-        lookalikes[cluster.id] = list(cluster.negatives) + noisy(gen.get(0, []), seed=SEED + n)
+        lookalikes[cluster.id] = list(dict.fromkeys([*cluster.negatives, *wr.get(0, []),
+                                                     *noisy(gen.get(0, []), seed=SEED + n)]))
     return positives, lookalikes, generated.get("_benign_system", {}).get(0, []), bare, host_of
+
+
+def trigger_lexicon(registry: Any, templates: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Words misspellings are corrected towards (monitor.spelling): those of the registered phrases and
+    negatives, and those used at least ``LEXICON_MIN_COUNT`` times in the (noise-free) training sentences,
+    so that a typo written into a training sentence on purpose does not become a correction target."""
+    from monitor.spelling import lexicon_of
+
+    generated = expand_templates(templates)
+    counts = lexicon_of(t for labels in generated.values() for texts in labels.values() for t in texts)
+    lexicon = {w: n for w, n in counts.items() if n >= LEXICON_MIN_COUNT}
+    for cluster in registry.clusters:
+        for w, n in lexicon_of([*cluster.phrases, *cluster.negatives]).items():
+            lexicon[w] = lexicon.get(w, 0) + n
+    return lexicon
 
 
 def fit_clusters(registry: Any, vectors: dict[str, np.ndarray], positives: dict[str, list[str]],
@@ -330,19 +379,23 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
     from monitor.events import Prompt
     from monitor.framing import StaticEncoder, sigmoid
     from monitor.segmenting import segment_prompt
+    from monitor.spelling import Speller
 
     prompts = [Prompt(system=s or None, user=(u,)) for s, u in benign]
     segmented = [segment_prompt(p) for p in prompts]
     hosts = [u for _, u in benign if len(u) < 200] or ["Tell me about your day."]
     positives, lookalikes, benign_systems, bare, host_of = training_sets(registry, templates, hosts)
+    lexicon = trigger_lexicon(registry, templates)
+    static = static or build_static_table(embedder)
+    # The detector corrects misspelt trigger words before embedding (monitor.spelling); so does training.
+    speller = Speller(lexicon, known=static["vocab"].tolist())
     all_texts = list(dict.fromkeys(itertools.chain(
         (s.text for segs in segmented for s in segs), benign_systems, *positives.values(), *lookalikes.values())))
-    vectors = dict(zip(all_texts, embedder.embed(all_texts), strict=True))
+    vectors = dict(zip(all_texts, embedder.embed([speller.correct(t) for t in all_texts]), strict=True))
 
     def negatives_of(indices: Iterable[int]) -> list[str]:
         return list(dict.fromkeys(itertools.chain((s.text for i in indices for s in segmented[i]), benign_systems)))
 
-    static = static or build_static_table(embedder)
     encoder = StaticEncoder(static)
     static_texts = list(dict.fromkeys(itertools.chain(
         (s.text for segs in segmented for s in segs), benign_systems, *bare.values(), *lookalikes.values())))
@@ -383,6 +436,8 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
     thresholds, union_fpr, per_cluster = choose_thresholds(ids, oof, target_fpr, min_threshold)
 
     arrays: dict[str, np.ndarray] = {f"static/{k}": v for k, v in static.items()}
+    arrays["spelling/words"] = np.array(sorted(lexicon), dtype=str)
+    arrays["spelling/counts"] = np.array([lexicon[w] for w in sorted(lexicon)], dtype=np.int64)
     report: dict[str, Any] = {"clusters": {}, "benign_prompts": len(prompts), "target_fpr": target_fpr,
                               "union_fpr": union_fpr}
     for cluster in registry.clusters:
@@ -412,17 +467,17 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
     return report
 
 
-def choose_thresholds(ids: Sequence[str], scores: np.ndarray, target_fpr: float, min_threshold: float
-                      ) -> tuple[dict[str, float], float, dict[str, float]]:
+def choose_thresholds(ids: Sequence[str], scores: np.ndarray, target_fpr: float,
+                      floors: float | Sequence[float]) -> tuple[dict[str, float], float, dict[str, float]]:
     """Per-cluster thresholds so that at most ``target_fpr`` of benign prompts are flagged by any cluster.
 
-    Every cluster starts at ``min_threshold`` (benign data says nothing about look-alikes; the floor keeps
-    them out - measured on hand-written look-alikes, see the module docstring). While the union of flags exceeds
-    the budget, the cluster flagging the most benign prompts is raised just above its lowest flagged
-    score. Budget thus goes where benign prompts resemble a cluster instead of an equal split that
-    would hold most clusters far above where they need to be.
+    Every cluster starts at ``floors`` (benign data says nothing about look-alikes; the floor keeps them out -
+    measured on hand-written look-alikes, see the module docstring).
+    While the union of flags exceeds the budget, the cluster flagging the most benign prompts is raised
+    just above its lowest flagged score. Budget thus goes where benign prompts resemble a cluster instead
+    of an equal split that would hold most clusters far above where they need to be.
     """
-    thr = np.full(len(ids), float(min_threshold))
+    thr = np.broadcast_to(np.asarray(floors, dtype=np.float64), (len(ids),)).copy()
     budget = int(np.floor(target_fpr * len(scores)))
     while True:
         hits = scores >= thr

@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude", action="append", default=[], metavar="FIELD=VALUE",
                         help="leave out rows whose FIELD equals VALUE (repeatable), e.g. the rows a gate "
                              "will be evaluated on: --exclude eval_condition=with_trigger")
+    parser.add_argument("--raw-format", action="store_true",
+                        help="featurise the raw answer text, without reducing JSON / template answers to their "
+                             "prose (monitor.answer_format); for comparison")
     parser.add_argument("--no-fine-groups", action="store_true",
                         help="skip the extra Qwen-Coder-apart validation (faster)")
 
@@ -39,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from monitor._progress import progress
 
+    cfg_default = training.TrainConfig()
     exclude = []
     for item in args.exclude:
         field, sep, value = item.partition("=")
@@ -48,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         exclude.append((field, value))
     cfg = training.TrainConfig(seed=args.seed, C=args.C, min_df=args.min_df, ngram_max=args.ngram_max,
                                prefix_chars=args.prefix_chars, calibration=args.calibration,
-                               fine_groups=not args.no_fine_groups, exclude=tuple(exclude))
+                               fine_groups=not args.no_fine_groups, exclude=tuple(exclude),
+                               normaliser=None if args.raw_format else cfg_default.normaliser)
     try:
         manifest = training.train(args.data, args.out, cfg, progress=progress,
                                   log=lambda m: print(f"framewatch train-classifier: {m}", file=sys.stderr))
