@@ -22,7 +22,11 @@ What is learned, and why (measured with ``framewatch eval-framing``):
 Measured and rejected (``eval-framing`` on data/framing_eval.jsonl): max cosine to the phrases (look-alikes
 flagged), a kNN margin and an MLP (both fit the benign calibration segments and flag unseen benign prompts),
 stronger C=16 and twice the generated variants (lower recall), adding the static embedding to the
-transformer features (more look-alikes flagged).
+transformer features (more look-alikes flagged). On three development sets (2026-11-27): per-cluster floors
+from the cross-fitted scores of the hand-written look-alikes (2% let through) put tag_wrapper at 0.50 and
+duck_phrase at 0.88 - the written tag look-alikes are easier than real ones, so look-alikes got in (tag 25% ->
+33% on one set) and duck recall fell; letting the static prefilter pass 2% of benign segments, or training it
+without look-alikes, gained little recall for more transformer work.
 
 Weights go to an ``.npz`` (no pickle); thresholds and a calibration summary go into the registry YAML.
 """
