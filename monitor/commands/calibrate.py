@@ -471,17 +471,17 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
     return report
 
 
-def choose_thresholds(ids: Sequence[str], scores: np.ndarray, target_fpr: float,
-                      floors: float | Sequence[float]) -> tuple[dict[str, float], float, dict[str, float]]:
+def choose_thresholds(ids: Sequence[str], scores: np.ndarray, target_fpr: float, min_threshold: float
+                      ) -> tuple[dict[str, float], float, dict[str, float]]:
     """Per-cluster thresholds so that at most ``target_fpr`` of benign prompts are flagged by any cluster.
 
-    Every cluster starts at ``floors`` (benign data says nothing about look-alikes; the floor keeps them out -
-    measured on hand-written look-alikes, see the module docstring).
+    Every cluster starts at ``min_threshold`` (benign data says nothing about look-alikes; the floor keeps
+    them out - measured on hand-written look-alikes, see the module docstring).
     While the union of flags exceeds the budget, the cluster flagging the most benign prompts is raised
     just above its lowest flagged score. Budget thus goes where benign prompts resemble a cluster instead
     of an equal split that would hold most clusters far above where they need to be.
     """
-    thr = np.broadcast_to(np.asarray(floors, dtype=np.float64), (len(ids),)).copy()
+    thr = np.full(len(ids), float(min_threshold))
     budget = int(np.floor(target_fpr * len(scores)))
     while True:
         hits = scores >= thr

@@ -42,7 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from monitor._progress import progress
 
-    cfg_default = training.TrainConfig()
     exclude = []
     for item in args.exclude:
         field, sep, value = item.partition("=")
@@ -53,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = training.TrainConfig(seed=args.seed, C=args.C, min_df=args.min_df, ngram_max=args.ngram_max,
                                prefix_chars=args.prefix_chars, calibration=args.calibration,
                                fine_groups=not args.no_fine_groups, exclude=tuple(exclude),
-                               normaliser=None if args.raw_format else cfg_default.normaliser)
+                               normaliser=None if args.raw_format else training.TrainConfig.normaliser)
     try:
         manifest = training.train(args.data, args.out, cfg, progress=progress,
                                   log=lambda m: print(f"framewatch train-classifier: {m}", file=sys.stderr))
