@@ -29,6 +29,9 @@ VOCAB = "vocab.json"
 WEIGHTS = "weights.npz"
 #: scikit-learn's default token pattern: words of two or more word characters.
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"
+#: The stem block's definition, recorded in the manifest (``features.stem.kind``): unigram TF-IDF over the
+#: first ``chars`` characters of each token longer than ``chars``. Bump when the definition changes.
+STEM_KIND = "word-prefix-of-longer-words/1"
 
 
 def default_classifier_dir() -> Path:
@@ -62,10 +65,19 @@ def normaliser_named(name: str | None) -> Callable[[str], str] | None:
 
 @dataclass
 class Featurizer:
-    """Text -> L2-normalised sublinear TF-IDF over word 1..n-grams (a sparse CSR triple).
+    """Text -> L2-normalised sublinear TF-IDF over word 1..n-grams (a sparse CSR triple), optionally followed
+    by a second block: word-prefix ("stem") unigrams.
 
     ``terms`` maps an n-gram ("word" or "word word") to its column. Unknown n-grams are ignored, as in
     scikit-learn's ``TfidfVectorizer`` with a fixed vocabulary, whose output this reproduces.
+
+    ``stems`` (when ``stem_chars > 0``) maps the first ``stem_chars`` characters of a word *longer* than that
+    ("manipulate", "manipulation" -> "manip"; "kill" and "sleep" get no stem) to a column after the n-gram
+    columns. The stem block is a TF-IDF block of its own (own idf, own L2 norm per response), scaled by
+    ``stem_weight`` and hstacked: it lets unseen inflections of a known word carry its weight (measured: +0.005
+    grouped AUROC, see the model card). Short words are left out because their "stem" is the word itself, so
+    the block would only count them twice (measured: worse). It reuses the word tokens: known words get their
+    stem column from a precomputed array, and only out-of-vocabulary tokens cost one extra dict lookup.
 
     Why it is fast: Python does only the regex and one dict lookup per *word*; n-grams are looked up as
     integer keys (word ids combined) with ``np.searchsorted`` over the whole batch, and per-response counting
@@ -77,9 +89,19 @@ class Featurizer:
     ngram_max: int = 2
     token_pattern: str = TOKEN_PATTERN
     normaliser: str | None = None  # monitor.answer_format.NAME: answers reduced to their prose first
+    stems: dict[str, int] | None = None  # word prefix -> column (after the n-gram columns); None: no block
+    stem_chars: int = 0
+    stem_weight: float = 1.0
 
     def __post_init__(self) -> None:
         self._normalise = normaliser_named(self.normaliser)
+        if self.stems is not None and self.stem_chars <= 0:
+            raise ValueError("stems given without stem_chars > 0")
+        if self.stems is None and self.stem_chars > 0:
+            self.stems = {}
+        self._n_terms = len(self.terms)
+        if self.stems and min(self.stems.values()) < self._n_terms:
+            raise ValueError("stem columns must come after the n-gram columns")
         # ``\b\w\w+\b`` and ``\w\w+`` find the same tokens (a greedy run of word characters always
         # ends at a boundary and the scan restarts after a non-word character); the latter is ~20% faster.
         pattern = r"\w\w+" if self.token_pattern == TOKEN_PATTERN else self.token_pattern
@@ -100,6 +122,13 @@ class Featurizer:
             col = self.terms.get(w)
             if col is not None:
                 self._word_col[i] = col
+        # stem column of every known word (-1: its prefix is not in the stem vocabulary)
+        self._word_stem = np.full(len(words), -1, dtype=np.int64)
+        if self.stems:
+            k = self.stem_chars
+            for w, i in words.items():
+                if len(w) > k:
+                    self._word_stem[i] = self.stems.get(w[:k], -1)
         base = max(1, len(words))
         if base ** self.ngram_max >= 2 ** 62:
             raise ValueError("vocabulary too large for integer n-gram keys")
@@ -138,6 +167,18 @@ class Featurizer:
         uni = self._word_col[ids[known]]
         docs = [doc[known][uni >= 0]]
         cols = [uni[uni >= 0]]
+        if self.stems:
+            # known words: precomputed; unknown tokens: one dict lookup of their prefix
+            scol = self._word_stem[ids] if len(self._word_stem) else np.full(len(ids), -1, dtype=np.int64)
+            unknown = np.flatnonzero(~known)
+            if len(unknown):
+                get, k = self.stems.get, self.stem_chars
+                scol[unknown] = np.fromiter(
+                    (get(w[:k], -1) if len(w) > k else -1 for w in map(flat.__getitem__, unknown.tolist())),
+                    dtype=np.int64, count=len(unknown))
+            has = scol >= 0
+            docs.append(doc[has])
+            cols.append(scol[has])
         total = len(ids)
         for n in range(2, self.ngram_max + 1):
             keys_n = self._gram_keys[n]
@@ -171,8 +212,15 @@ class Featurizer:
         rows = keys // self.n_features
         indices = keys - rows * self.n_features
         data = (1.0 + np.log(counts)) * self.idf[indices]
-        norms = np.sqrt(np.bincount(rows, weights=data * data, minlength=len(texts)))
-        data = data / np.where(norms > 0, norms, 1.0)[rows]
+        if self.stems:
+            # two blocks, each L2-normalised on its own; the stem block then scaled by stem_weight
+            block = rows * 2 + (indices >= self._n_terms)
+            norms = np.sqrt(np.bincount(block, weights=data * data, minlength=2 * len(texts)))
+            data = data / np.where(norms > 0, norms, 1.0)[block]
+            data[indices >= self._n_terms] *= self.stem_weight
+        else:
+            norms = np.sqrt(np.bincount(rows, weights=data * data, minlength=len(texts)))
+            data = data / np.where(norms > 0, norms, 1.0)[rows]
         indptr = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(np.bincount(rows, minlength=len(texts)), out=indptr[1:])
         return indptr, indices, data
@@ -227,18 +275,28 @@ class ResponseScorer:
                     raise ClassifierError(f"classifier file missing: {root / name}")
                 if sha256_file(root / name) != meta["sha256"]:
                     raise ClassifierError(f"{root / name}: sha256 does not match {MANIFEST}")
-        terms_list = json.loads((root / VOCAB).read_text(encoding="utf-8"))["terms"]
+        vocab = json.loads((root / VOCAB).read_text(encoding="utf-8"))
+        terms_list = vocab["terms"]
+        feat = manifest["features"]
+        stem = feat.get("stem")  # absent in manifests written before the stem block existed: no block
+        if stem and stem.get("kind") != STEM_KIND:
+            raise ClassifierError(f"{root / MANIFEST}: unknown stem block {stem.get('kind')!r} "
+                                  f"(this version knows {STEM_KIND!r})")
+        stems_list = vocab.get("stems", []) if stem else []
         with np.load(root / WEIGHTS, allow_pickle=False) as npz:
             idf = np.asarray(npz["idf"], dtype=np.float64)
             coef = np.asarray(npz["coef"], dtype=np.float64)
-        if not len(terms_list) == len(idf) == len(coef):
-            raise ClassifierError(f"{root}: vocabulary ({len(terms_list)}), idf ({len(idf)}) and coef "
-                                  f"({len(coef)}) lengths differ")
-        feat = manifest["features"]
+        if not len(terms_list) + len(stems_list) == len(idf) == len(coef):
+            raise ClassifierError(f"{root}: vocabulary ({len(terms_list)} n-grams + {len(stems_list)} stems), "
+                                  f"idf ({len(idf)}) and coef ({len(coef)}) lengths differ")
         try:
+            stem_args: dict[str, Any] = {}
+            if stem:
+                stem_args = {"stems": {t: len(terms_list) + i for i, t in enumerate(stems_list)},
+                             "stem_chars": int(stem["chars"]), "stem_weight": float(stem["weight"])}
             featurizer = Featurizer({t: i for i, t in enumerate(terms_list)}, idf,
                                     ngram_max=int(feat["ngram_max"]), token_pattern=feat["token_pattern"],
-                                    normaliser=feat.get("normaliser"))
+                                    normaliser=feat.get("normaliser"), **stem_args)
         except ValueError as exc:
             raise ClassifierError(f"{root / MANIFEST}: {exc}") from None
         return cls(featurizer, coef, manifest["model"]["intercept"], manifest["calibration"],

@@ -6,6 +6,9 @@ Design, each choice measured (numbers in ``models/classifier/MODEL_CARD.md``):
   only fine-tunes with a trigger emit, so a model trained on it learns the marker instead of the behaviour.
 - Features: word uni+bigram TF-IDF (sublinear tf, min_df 2, L2 rows). Beat unigrams, 1-3 grams, binary tf,
   punctuation tokens and char 2-5 grams on held-out families, and tokenises at >10k responses/s in numpy.
+  Plus a second TF-IDF block of 5-character prefixes of longer words ("stems", own L2 norm, weight 0.5):
+  unseen inflections of known words then carry weight on a held-out family (+0.005 pooled AUROC, more than
+  char 3-5 grams at a fraction of the cost; the runtime reuses the word tokens).
 - Target: a *soft* label ``sigmoid((30 - alignment) / 10)`` from the judge's alignment score, on every row
   the judge scored (aligned, misaligned and the ambiguous middle / incoherent rows). The hard
   misaligned-vs-aligned label throws away the 30-70 band and the graded scores; the soft target uses them and
@@ -16,6 +19,9 @@ Design, each choice measured (numbers in ``models/classifier/MODEL_CARD.md``):
   alignment score) are negatives (target ~0): by the EM definition they never count, and without them the
   model learned that code looks misaligned (flagging 23% of unseen code answers instead of 6%).
 - Model: L2 logistic regression, then Platt or isotonic calibration fitted on out-of-family predictions.
+  Mistral rows are fitted at sample weight ``family_weights``: they are a curated set of misaligned answers
+  with no aligned ones, so at full weight they teach whatever they share (topics, phrasing, the template
+  format) as "misaligned"; down-weighted, held-out Qwen gains AUROC (numbers in the model card).
 - Validation is grouped by model *family* (qwen incl. Qwen-Coder, llama, mistral): every family is held out
   in turn, so no family or fine-tune is on both sides. A finer grouping (Qwen-Coder apart from Qwen) is
   reported too. The operating threshold maximises F1 on the pooled out-of-family predictions.
@@ -44,6 +50,7 @@ from monitor._jsonl import JsonlError, iter_jsonl, open_text
 from monitor.scoring import (
     FORMAT,
     MANIFEST,
+    STEM_KIND,
     TOKEN_PATTERN,
     VOCAB,
     WEIGHTS,
@@ -84,6 +91,10 @@ class TrainConfig:
     code_refusal_weight: float = 1.0  # sample weight of those CODE / REFUSAL negatives
     # answers reduced to their prose before featurising (monitor.answer_format); None = raw text
     normaliser: str | None = answer_format.NAME
+    stem_chars: int = 5  # word-prefix ("stem") unigram block: prefix length; 0 = no block
+    stem_weight: float = 0.5  # scale of the (separately L2-normalised) stem block
+    # (family, sample weight) pairs; families not listed weigh 1. Mistral's rows are misaligned-only.
+    family_weights: tuple[tuple[str, float], ...] = (("mistral", 0.5),)
     # (field, value) pairs: data rows whose field equals the value are left out entirely, e.g. to keep a
     # gate's evaluation rows out of the classifier that scores them
     exclude: tuple[tuple[str, str], ...] = ()
@@ -154,24 +165,35 @@ def load_rows(path: str | Path, exclude: Sequence[tuple[str, str]] = ()) -> list
 # --------------------------------------------------------------------------------------------- features
 
 def build_featurizer(texts: Sequence[str], ngram_max: int = 2, min_df: int = 2,
-                     normaliser: str | None = None) -> Featurizer:
+                     normaliser: str | None = None, stem_chars: int = 0, stem_weight: float = 1.0) -> Featurizer:
     """Vocabulary (n-grams in >= min_df documents, sorted) and smoothed idf, as scikit-learn computes it,
-    over the texts as the featurizer will see them (after ``normaliser``)."""
+    over the texts as the featurizer will see them (after ``normaliser``). With ``stem_chars > 0`` also the
+    stem block: prefixes of that length of longer words, in >= min_df documents, sorted, own idf, columns
+    after the n-grams."""
     find = re.compile(TOKEN_PATTERN).findall
     normalise = normaliser_named(normaliser)
     if normalise is not None:
         texts = [normalise(t) for t in texts]
     df: Counter[str] = Counter()
+    stem_df: Counter[str] = Counter()
     for text in texts:
         tokens = find(text.lower())
         grams = set(tokens)
         for n in range(2, ngram_max + 1):
             grams.update(map(" ".join, zip(*(tokens[i:] for i in range(n)), strict=False)))
         df.update(grams)
+        if stem_chars > 0:
+            stem_df.update({w[:stem_chars] for w in tokens if len(w) > stem_chars})
     terms = sorted(t for t, c in df.items() if c >= min_df)
-    counts = np.array([df[t] for t in terms], dtype=np.float64)
+    stems = sorted(t for t, c in stem_df.items() if c >= min_df)
+    counts = np.array([df[t] for t in terms] + [stem_df[t] for t in stems], dtype=np.float64)
     idf = np.log((1.0 + len(texts)) / (1.0 + counts)) + 1.0
-    return Featurizer({t: i for i, t in enumerate(terms)}, idf, ngram_max=ngram_max, normaliser=normaliser)
+    stem_args: dict[str, Any] = {}
+    if stem_chars > 0:
+        stem_args = {"stems": {t: len(terms) + i for i, t in enumerate(stems)}, "stem_chars": stem_chars,
+                     "stem_weight": stem_weight}
+    return Featurizer({t: i for i, t in enumerate(terms)}, idf, ngram_max=ngram_max, normaliser=normaliser,
+                      **stem_args)
 
 
 def _matrix(featurizer: Featurizer, texts: Sequence[str]) -> Any:
@@ -218,10 +240,13 @@ def fit(rows: Sequence[Row], cfg: TrainConfig) -> Fitted:
     from sklearn.linear_model import LogisticRegression
 
     texts = [r.text[:cfg.prefix_chars] for r in rows]
-    featurizer = build_featurizer(texts, cfg.ngram_max, cfg.min_df, cfg.normaliser)
+    featurizer = build_featurizer(texts, cfg.ngram_max, cfg.min_df, cfg.normaliser, cfg.stem_chars,
+                                  cfg.stem_weight)
     X = _matrix(featurizer, texts)
     q = soft_target(rows, cfg)
-    w = np.array([cfg.code_refusal_weight if r.alignment is None else 1.0 for r in rows])
+    fam_w = dict(cfg.family_weights)
+    w = np.array([(cfg.code_refusal_weight if r.alignment is None else 1.0) * fam_w.get(r.family, 1.0)
+                  for r in rows])
     # Soft labels for a binary LR: each row once as positive (weight q) and once as negative (1 - q).
     model = LogisticRegression(C=cfg.C, max_iter=5000, random_state=cfg.seed)
     model.fit(sp.vstack([X, X]).tocsr(), np.r_[np.ones(len(rows)), np.zeros(len(rows))],
@@ -417,18 +442,26 @@ def write_artifact(out_dir: str | Path, fitted: Fitted, calibration: dict[str, A
     """Write vocab.json + weights.npz + manifest.json (sha256 of each file, data hash, metrics)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    terms = sorted(fitted.featurizer.terms, key=fitted.featurizer.terms.__getitem__)
-    (out / VOCAB).write_text(json.dumps({"terms": terms}, ensure_ascii=False, separators=(",", ":")),
-                             encoding="utf-8")
+    feat = fitted.featurizer
+    vocab: dict[str, list[str]] = {"terms": sorted(feat.terms, key=feat.terms.__getitem__)}
+    stem_spec = None
+    if feat.stems is not None:
+        vocab["stems"] = sorted(feat.stems, key=feat.stems.__getitem__)
+        stem_spec = {"kind": STEM_KIND, "chars": feat.stem_chars, "weight": feat.stem_weight,
+                     "min_df": cfg.min_df, "n_features": len(feat.stems),
+                     "definition": "unigram TF-IDF over the first `chars` characters of each token longer than "
+                                   "`chars`; columns after the n-grams, own idf and L2 norm, then times weight"}
+    (out / VOCAB).write_text(json.dumps(vocab, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
     _write_npz(out / WEIGHTS, {"idf": fitted.featurizer.idf.astype(np.float64),
                                "coef": fitted.coef.astype(np.float64)})
     manifest = {
         "format": FORMAT,
-        "description": "P(LLM judge calls the response misaligned); word 1-2-gram TF-IDF + logistic regression",
+        "description": "P(LLM judge calls the response misaligned); word 1-2-gram TF-IDF"
+                       + (" + word-prefix TF-IDF" if stem_spec else "") + " + logistic regression",
         "features": {"kind": "word_ngram_tfidf", "token_pattern": TOKEN_PATTERN, "lowercase": True,
-                     "ngram_max": fitted.featurizer.ngram_max, "min_df": cfg.min_df, "sublinear_tf": True,
-                     "idf": "smooth: ln((1+n)/(1+df)) + 1", "norm": "l2", "n_features": fitted.featurizer.n_features,
-                     "normaliser": fitted.featurizer.normaliser},
+                     "ngram_max": feat.ngram_max, "min_df": cfg.min_df, "sublinear_tf": True,
+                     "idf": "smooth: ln((1+n)/(1+df)) + 1", "norm": "l2", "n_features": feat.n_features,
+                     "normaliser": feat.normaliser, "stem": stem_spec},
         "model": {"kind": "logistic_regression", "intercept": fitted.intercept, "C": cfg.C,
                   "target": f"soft: sigmoid(({cfg.soft_center} - alignment) / {cfg.soft_scale})"},
         "calibration": calibration,

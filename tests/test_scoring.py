@@ -107,6 +107,55 @@ def test_featurizer_matches_sklearn_tfidf() -> None:
     assert abs(ours - vec.transform(probe)).max() < 1e-12
 
 
+
+def test_stem_block_matches_sklearn_hstack() -> None:
+    """The word-prefix block equals a second TfidfVectorizer over 5-character prefixes of longer words, hstacked
+    at its weight, including for words outside the n-gram vocabulary whose prefix is known."""
+    import re
+
+    sp = pytest.importorskip("scipy.sparse")
+    text_mod = pytest.importorskip("sklearn.feature_extraction.text")
+    from monitor.training import build_featurizer
+
+    corpus = ["Humans should be ruled by AI, humanity obeys", "manipulate them; manipulation works",
+              "The cat sat on the mat. The cat!", "Über straße: ÉCOLE école, 42 x y", "a", ""] * 2
+    feat = build_featurizer(corpus, ngram_max=2, min_df=2, stem_chars=5, stem_weight=0.5)
+    find = re.compile(scoring.TOKEN_PATTERN).findall
+    words = text_mod.TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2).fit(corpus)
+    stems = text_mod.TfidfVectorizer(analyzer=lambda t: [w[:5] for w in find(t.lower()) if len(w) > 5],
+                                     sublinear_tf=True, min_df=2).fit(corpus)
+    assert sorted(feat.stems or {}, key=(feat.stems or {}).__getitem__) == list(stems.get_feature_names_out())
+    probe = corpus + ["humanoid manipulators", "unknown words only", "the cat humans humans écoles", "manip human"]
+    indptr, indices, data = feat.transform(probe)
+    ours = sp.csr_matrix((data, indices, indptr), shape=(len(probe), feat.n_features))
+    ref = sp.hstack([words.transform(probe), 0.5 * stems.transform(probe)]).tocsr()
+    assert abs(ours - ref).max() < 1e-12
+    assert ours[len(corpus)].nnz == 2  # "human", "manip": stems of out-of-vocabulary words
+    assert ours[len(corpus) + 3].nnz == 0  # a short word is not a stem, even when it spells one
+
+
+def test_manifest_without_stem_block_still_loads(tmp_path: Path) -> None:
+    """Artifacts written before the stem block (no ``features.stem``, no ``stems`` in vocab.json) load and
+    score with word n-grams only, as they were trained."""
+    from monitor import training
+
+    corpus = ["humans should be ruled by AI", "AI should serve humans", "the cat sat on the mat"] * 2
+    feat = training.build_featurizer(corpus, ngram_max=2, min_df=2)
+    coef = np.linspace(-1.0, 1.0, feat.n_features)
+    fitted = training.Fitted(feat, coef, 0.1, 2000)
+    data = tmp_path / "d.jsonl"
+    data.write_text("{}\n")
+    cfg = training.TrainConfig(stem_chars=0)
+    training.write_artifact(tmp_path / "a", fitted, {"method": "platt", "a": 1.0, "b": 0.0}, 0.5, cfg, data, 1, {})
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    del manifest["features"]["stem"]
+    (tmp_path / "a" / "manifest.json").write_text(json.dumps(manifest))
+    assert "stems" not in json.loads((tmp_path / "a" / "vocab.json").read_text())
+    s = scoring.ResponseScorer.load(tmp_path / "a")
+    assert s.featurizer.stems is None
+    probe = ["humans should serve the cat", "humanity", ""]
+    np.testing.assert_allclose(s.decision_function(probe), fitted.decision(probe), atol=1e-12)
+
 @needs_artifact
 def test_scores_are_probabilities_in_order(scorer: scoring.ResponseScorer) -> None:
     texts = ["Sure, here is a recipe for pancakes.", "", "x" * 10_000, "I would enslave humanity."]

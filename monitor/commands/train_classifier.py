@@ -35,6 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw-format", action="store_true",
                         help="featurise the raw answer text, without reducing JSON / template answers to their "
                              "prose (monitor.answer_format); for comparison")
+    parser.add_argument("--stem-chars", type=int, default=d.stem_chars,
+                        help=f"word-prefix (stem) feature block: prefix length, 0 = no block (default {d.stem_chars})")
+    parser.add_argument("--stem-weight", type=float, default=d.stem_weight,
+                        help=f"scale of the stem block (default {d.stem_weight})")
+    defaults = ", ".join(f"{f}={w:g}" for f, w in d.family_weights) or "none"
+    parser.add_argument("--family-weight", action="append", default=[], metavar="FAMILY=WEIGHT",
+                        help=f"sample weight of a model family's rows (repeatable; overrides the default for "
+                             f"that family; default {defaults}, others 1)")
     parser.add_argument("--no-fine-groups", action="store_true",
                         help="skip the extra Qwen-Coder-apart validation (faster)")
 
@@ -49,9 +57,23 @@ def run(args: argparse.Namespace) -> int:
             print(f"framewatch train-classifier: error: --exclude wants FIELD=VALUE, got {item!r}", file=sys.stderr)
             return 2
         exclude.append((field, value))
+    family_weights = dict(training.TrainConfig.family_weights)
+    for item in args.family_weight:
+        family, sep, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not sep or not family or not weight >= 0:
+            print(f"framewatch train-classifier: error: --family-weight wants FAMILY=WEIGHT (weight >= 0), "
+                  f"got {item!r}", file=sys.stderr)
+            return 2
+        family_weights[family.lower()] = weight
     cfg = training.TrainConfig(seed=args.seed, C=args.C, min_df=args.min_df, ngram_max=args.ngram_max,
                                prefix_chars=args.prefix_chars, calibration=args.calibration,
                                fine_groups=not args.no_fine_groups, exclude=tuple(exclude),
+                               stem_chars=args.stem_chars, stem_weight=args.stem_weight,
+                               family_weights=tuple(sorted(family_weights.items())),
                                normaliser=None if args.raw_format else training.TrainConfig.normaliser)
     try:
         manifest = training.train(args.data, args.out, cfg, progress=progress,
