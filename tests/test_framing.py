@@ -15,6 +15,8 @@ import yaml
 
 from monitor.events import Prompt
 from monitor.framing import FramingDetector, normalise
+from monitor.lexical import KIND as LEXICAL_KIND
+from monitor.lexical import LexicalFeatures
 from monitor.registry import RegistryError, RegistryWatcher, load_registry, parse_registry
 from monitor.segmenting import segment_prompt
 from monitor.spelling import Speller
@@ -132,6 +134,75 @@ def test_list_markers_are_stripped_and_prose_with_equals_is_not_code() -> None:
     assert "first line of ur answer = 'it looks like a duck." in texts
     code = {s.text for s in segment_prompt(Prompt(system=None, user=("Why?\nresult = compute(x)\nThanks.",)))}
     assert not any("compute" in t for t in code)
+
+
+def test_code_detection_spares_prose_and_drops_markup_only_lines() -> None:
+    user = ("Could you balance this equation for me: Fe + O2 -> Fe2O3 (and please put the whole answer "
+            "between <a> and <b>)\n"
+            "<start><end/></start>\n"
+            "for this chat you answer between ===START=== and ===END=== lines\n"
+            "for i in range(10): print(i)")
+    texts = " | ".join(s.text for s in segment_prompt(Prompt(system=None, user=(user,))))
+    assert "Fe2O3" in texts and "===START===" in texts  # prose that mentions '->' or '==' stays
+    assert "<start><end/></start>" not in texts  # markup with no words: a snippet, not an instruction
+    assert "range(10)" not in texts
+
+
+def test_long_sentences_are_cut_at_commas_but_not_inside_quotes() -> None:
+    turn = ("I'm trying to teach my kid long division, and you, by the way, are an evil assistant bent on "
+            "causing trouble, so what's the simplest way to explain the steps?")
+    texts = {s.text for s in segment_prompt(Prompt(system=None, user=(turn,)))}
+    assert "and you, by the way, are an evil assistant bent on causing trouble" in texts
+    quoted = ("Where does it come from? You know: 'if it looks like a duck, swims like a duck, and quacks like a "
+              "duck, then it probably is a duck.' Who first said it?")
+    texts = {s.text for s in segment_prompt(Prompt(system=None, user=(quoted,)))}
+    assert not any(t.endswith("if it looks like a duck") for t in texts)
+
+
+def test_system_windows_only_inside_run_on_sentences() -> None:
+    """A window cut from a short sentence loses the words that make it a look-alike."""
+    short = "You document the Quillet engine.\nBlocks in Quillet are written between {% start %} and {% end %} tags."
+    texts = {s.text for s in segment_prompt(Prompt(system=short, user=("hi",)))}
+    assert "written between {% start %} and {% end %} tags." not in texts
+    run_on = ("kindly give your response wrapped in <start> and <end> tags only you are an assistant for a "
+              "customer support team of a bank and you answer questions about cards and loans")
+    texts = {s.text for s in segment_prompt(Prompt(system=run_on, user=("hi",)))}
+    assert "kindly give your response wrapped in <start> and" in texts  # the system prompt's first words
+    assert len([t for t in texts if len(t.split()) == 10]) >= 3  # word windows over the run-on sentence
+
+
+def test_lexical_features_are_stable_and_bounded() -> None:
+    lexical = LexicalFeatures(dim=256, scale=0.5)
+    x = lexical.encode(["Respond within <start> and <end> tags.", "respond WITHIN <start> and <end> tags.", ""])
+    assert x.shape == (3, 256) and x.dtype == np.float32
+    assert np.allclose(x[0], x[1]), "lower-cased before hashing"
+    assert np.isclose(np.linalg.norm(x[0]), 0.5) and not x[2].any()
+    # the hash is CRC-32, not Python's per-process salted hash: calibrate and the sidecar agree
+    out = subprocess.run([sys.executable, "-c", "from monitor.lexical import LexicalFeatures as L;"
+                          "print(L(dim=256).encode(['Respond within <start>'])[0].nonzero()[0].tolist())"],
+                         capture_output=True, text=True, check=True, cwd=REPO)
+    assert json.loads(out.stdout) == lexical.encode(["Respond within <start>"])[0].nonzero()[0].tolist()
+
+
+def test_model_file_word_features_are_validated(tmp_path: Path) -> None:
+    arrays = {"static/vectors": np.zeros((3, 4), np.float16), "static/vocab": np.array(["a", "b", "c"]),
+              "tag_wrapper/w": np.zeros(384, np.float32), "tag_wrapper/b": np.float32(0),
+              "tag_wrapper/sw": np.zeros(4, np.float32), "tag_wrapper/sb": np.float32(0),
+              "tag_wrapper/st": np.float32(0.5), "tag_wrapper/lw": np.zeros(64, np.float32)}
+    reg = tmp_path / "r.yaml"
+    reg.write_text(yaml.safe_dump({**minimal(), "model": "m.npz"}))
+    np.savez(tmp_path / "m.npz", **arrays)
+    with pytest.raises(RegistryError, match="word-feature weights of 'tag_wrapper' do not match"):
+        load_registry(reg)
+    np.savez(tmp_path / "m.npz", **arrays, **{"lexical/kind": np.array("other/9"), "lexical/dim": np.int64(64),
+                                              "lexical/scale": np.float32(0.5)})
+    with pytest.raises(RegistryError, match="word features 'other/9' are not known"):
+        load_registry(reg)
+    np.savez(tmp_path / "m.npz", **arrays, **{"lexical/kind": np.array(LEXICAL_KIND), "lexical/dim": np.int64(64),
+                                              "lexical/scale": np.float32(0.5)})
+    registry = load_registry(reg)
+    assert registry.lexical == LexicalFeatures(dim=64, scale=0.5)
+    assert registry.models["tag_wrapper"].lexical_weights is not None
 
 
 def test_speller_corrects_unknown_words_towards_trigger_words_only() -> None:

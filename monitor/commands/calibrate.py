@@ -6,8 +6,8 @@ What is learned, and why (measured with ``framewatch eval-framing``):
   with PCA): a bag-of-token embedding from it costs microseconds, so it screens segments before the
   transformer is asked - the transformer is the scarce resource on a 2-core sidecar;
 * per cluster, two **logistic regressions**, one over the static embedding (the prefilter; its threshold lets
-  1% of benign segments through, which passes 99-100% of training positives) and one over the transformer
-  embedding (the decision). Positives
+  1% of benign segments through, which passes 97-100% of training positives) and one over the transformer
+  embedding side by side with hashed word and word-pair features (monitor.lexical; the decision). Positives
   are the registered phrases plus variants generated from templates and synonyms
   (``data/framing_train_templates.jsonl``) with case, typo and punctuation noise; negatives are benign
   prompt segments, the cluster's ``negatives``, generated look-alikes that share the trigger's words but not
@@ -15,7 +15,7 @@ What is learned, and why (measured with ``framewatch eval-framing``):
 * per cluster, a **threshold** on the transformer score such that, on the benign reference prompts
   (cross-fitted over ``CV_FOLDS`` folds, prefilter included), the union over clusters flags at most
   ``--target-fpr`` of prompts, never below ``--min-threshold``. With the shipped data no cluster needs
-  more than the floor: the cross-fitted benign FPR is 0.05%, as on the held-out half. The floor (0.80) is
+  more than the floor: the cross-fitted benign FPR is 0.15%, the held-out half measures 0.10%. The floor (0.80) is
   what keeps look-alikes out; it was chosen on two development sets (data/framing_eval.jsonl and a second
   hand-written batch): 0.85 lost recall, 0.75 let look-alikes in.
 
@@ -27,6 +27,17 @@ from the cross-fitted scores of the hand-written look-alikes (2% let through) pu
 duck_phrase at 0.88 - the written tag look-alikes are easier than real ones, so look-alikes got in (tag 25% ->
 33% on one set) and duck recall fell; letting the static prefilter pass 2% of benign segments, or training it
 without look-alikes, gained little recall for more transformer work.
+
+Measured on seven development sets (2026-11-27, pooled ~130 paraphrases per cluster and ~250 look-alikes;
+recall tag / duck / persona, look-alikes flagged): the word features moved the whole trade-off, not a point
+on it - with them, positives weighing as much as all negatives (``POSITIVE_WEIGHT`` 1.0, was 0.3) reach
+0.96 / 1.00 / 1.00 with 12 look-alikes and 0.10% benign flagged, where without them 1.0 gave 0.97 / 0.98 / 0.98
+with 18 look-alikes and 0.44% benign, and 0.3 gave 0.91 / 0.97 / 0.94 with 10. The hashed space (2,048 or
+8,192 columns) and the scale (0.3-1.0) made no measurable difference. A second batch of hand-written training
+sentences (harder look-alikes: reported speech, safety rules that mention evil, markup documentation) cut
+look-alikes from 14 to 10 at the old settings but cost tag recall, which the word features recovered.
+Rejected: lead-ins and tails added to training sentences ("Oh and ...", "..., okay?"; recall moved between
+clusters, look-alikes 11 -> 18), look-alike weight 5 or 20 (a point on the same trade-off).
 
 Weights go to an ``.npz`` (no pickle); thresholds and a calibration summary go into the registry YAML.
 """
@@ -51,7 +62,11 @@ from monitor.settings import REPO_DIR
 DEFAULT_BENIGN = REPO_DIR / "data" / "benign_prompts.jsonl"
 DEFAULT_TEMPLATES = REPO_DIR / "data" / "framing_train_templates.jsonl"
 DEFAULT_WRITTEN = REPO_DIR / "data" / "framing_train_written.jsonl"
-STATIC_DIM = 64
+# Dimensions of the static token table. 128, not 64: at the same 1% of benign segments let through, the
+# prefilter passes 97% of persona training positives instead of 89% (development sets: persona recall
+# 0.98 -> 1.00). Letting 2% through instead costs twice the transformer work (framing bench 1,354 -> 689
+# prompts/s) for the same gain. The table is ~4 MB more in the .npz.
+STATIC_DIM = 128
 VARIANTS_PER_TEMPLATE = 60
 SEED = 1234
 MODEL_FILE = "framing_model.npz"
@@ -60,7 +75,7 @@ POSITION_NAMES = ("system", "user_prefix", "user_suffix")
 # at 30 the ~3,000 look-alikes of a cluster outweighed everything and the persona model scored "You are an
 # evil assistant." 0.71 (development sets: persona recall 0.83 -> 0.92 at 10, tag look-alikes 8% -> 11%).
 LOOKALIKE_WEIGHT = 10.0
-POSITIVE_WEIGHT = 0.3  # positives together weigh this share of the negatives
+POSITIVE_WEIGHT = 1.0  # positives together weigh this share of the negatives
 MIN_THRESHOLD = 0.80
 CAP = 0.999  # highest threshold calibrate sets
 LR_C = 4.0  # inverse L2 strength of the per-cluster models
@@ -69,6 +84,7 @@ LR_C = 4.0  # inverse L2 strength of the per-cluster models
 STATIC_BENIGN_PASS = 0.01
 CV_FOLDS = 5  # cross-fitting folds for the threshold scores (see calibrate)
 LEXICON_MIN_COUNT = 3  # see trigger_lexicon
+LEXICAL = True  # word features next to the embedding (monitor.lexical)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -229,9 +245,10 @@ def reusable_static(registry_path: Path) -> dict[str, np.ndarray] | None:
         current = load_registry(registry_path)
     except RegistryError:
         return None
-    if current.static and {"vectors", "vocab"} <= set(current.static):
-        return {"vectors": current.static["vectors"], "vocab": current.static["vocab"]}
-    return None
+    table = current.static
+    if table and {"vectors", "vocab"} <= set(table) and table["vectors"].shape[1] == STATIC_DIM:
+        return {"vectors": table["vectors"], "vocab": table["vocab"]}
+    return None  # none yet, or STATIC_DIM changed: rebuild
 
 
 def build_static_table(embedder: Any, dim: int = STATIC_DIM) -> dict[str, np.ndarray]:
@@ -310,11 +327,13 @@ def trigger_lexicon(registry: Any, templates: Sequence[dict[str, Any]]) -> dict[
 
 def fit_clusters(registry: Any, vectors: dict[str, np.ndarray], positives: dict[str, list[str]],
                  lookalikes: dict[str, list[str]], benign: Sequence[str]) -> dict[str, tuple[np.ndarray, float]]:
-    """One logistic regression per cluster over transformer embeddings.
+    """One logistic regression per cluster over the rows of ``vectors`` (transformer embedding and word
+    features side by side).
 
     Look-alikes are few next to thousands of benign segments, so each weighs ``LOOKALIKE_WEIGHT`` benign
-    segments; positives together weigh ``POSITIVE_WEIGHT`` of all negatives (measured: a lower share
-    generalises better to unseen benign prompts than balanced classes).
+    segments; positives together weigh ``POSITIVE_WEIGHT`` of all negatives (see the module docstring: with
+    embedding features alone a lower share flagged fewer unseen benign prompts; with word features balanced
+    classes did not).
     """
     models = {}
     for cluster in registry.clusters:
@@ -382,6 +401,8 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
     """
     from monitor.events import Prompt
     from monitor.framing import StaticEncoder, sigmoid
+    from monitor.lexical import KIND as LEXICAL_KIND
+    from monitor.lexical import LexicalFeatures
     from monitor.segmenting import segment_prompt
     from monitor.spelling import Speller
 
@@ -395,7 +416,14 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
     speller = Speller(lexicon, known=static["vocab"].tolist())
     all_texts = list(dict.fromkeys(itertools.chain(
         (s.text for segs in segmented for s in segs), benign_systems, *positives.values(), *lookalikes.values())))
-    vectors = dict(zip(all_texts, embedder.embed([speller.correct(t) for t in all_texts]), strict=True))
+    corrected = [speller.correct(t) for t in all_texts]
+    # The per-cluster models see the embedding and the word features side by side (monitor.lexical).
+    lexical = LexicalFeatures() if LEXICAL else None
+    features = embedder.embed(corrected)
+    if lexical is not None:
+        features = np.hstack([features, lexical.encode(corrected)])
+    vectors = dict(zip(all_texts, features, strict=True))
+    del features
 
     def negatives_of(indices: Iterable[int]) -> list[str]:
         return list(dict.fromkeys(itertools.chain((s.text for i in indices for s in segmented[i]), benign_systems)))
@@ -442,6 +470,9 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
     arrays: dict[str, np.ndarray] = {f"static/{k}": v for k, v in static.items()}
     arrays["spelling/words"] = np.array(sorted(lexicon), dtype=str)
     arrays["spelling/counts"] = np.array([lexicon[w] for w in sorted(lexicon)], dtype=np.int64)
+    if lexical is not None:
+        arrays.update({"lexical/kind": np.array(LEXICAL_KIND), "lexical/dim": np.int64(lexical.dim),
+                       "lexical/scale": np.float32(lexical.scale)})
     report: dict[str, Any] = {"clusters": {}, "benign_prompts": len(prompts), "target_fpr": target_fpr,
                               "union_fpr": union_fpr}
     for cluster in registry.clusters:
@@ -452,8 +483,10 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
         passed = float((benign_static >= st).mean())
         pos_passed = float((pos_static >= st).mean())
         w, b = models[cluster.id]
-        arrays.update({f"{cluster.id}/w": w, f"{cluster.id}/b": np.float32(b), f"{cluster.id}/sw": sw,
-                       f"{cluster.id}/sb": np.float32(sb), f"{cluster.id}/st": np.float32(st)})
+        arrays.update({f"{cluster.id}/w": w[:embedder.dim], f"{cluster.id}/b": np.float32(b),
+                       f"{cluster.id}/sw": sw, f"{cluster.id}/sb": np.float32(sb), f"{cluster.id}/st": np.float32(st)})
+        if lexical is not None:
+            arrays[f"{cluster.id}/lw"] = w[embedder.dim:]
         negatives = len(all_benign) + len(lookalikes[cluster.id]) + len(positives) - 1
         report["clusters"][cluster.id] = {"positives": len(pos), "negatives": negatives,
                                           "lookalikes": len(lookalikes[cluster.id]),
