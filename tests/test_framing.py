@@ -327,3 +327,15 @@ def test_detect_cli_rejects_a_bad_registry(tmp_path: Path) -> None:
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "'clusters' must be a non-empty list" in proc.stderr
+
+
+@needs_model
+def test_calibrate_cli_rejects_bad_training_sentences(tmp_path: Path) -> None:
+    written = tmp_path / "written.jsonl"
+    written.write_text('{"cluster": "tag_wrapper", "text": "no label"}\n')
+    proc = subprocess.run([sys.executable, "-m", "monitor.cli", "calibrate", "--written", str(written),
+                           "--output", str(tmp_path / "out" / "triggers.yaml")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{written}:1: needs 'cluster', 'label' and 'text'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out" / "triggers.yaml").exists()

@@ -120,9 +120,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     embedder = Embedder.load(args.model_dir)
     benign = read_benign(Path(args.benign), args.split or None)
-    templates = [json.loads(line) for line in Path(args.templates).read_text().splitlines() if line.strip()]
-    if args.written:
-        templates += written_as_templates(Path(args.written))
+    try:
+        templates = [json.loads(line) for line in Path(args.templates).read_text().splitlines() if line.strip()]
+        if args.written:
+            templates += written_as_templates(Path(args.written))
+    except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        print(f"error: training sentences: {exc}", file=sys.stderr)
+        return 2
     out_path = Path(args.output) if args.output else path
     out_path.parent.mkdir(parents=True, exist_ok=True)
     static = reusable_static(path)
