@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from monitor.events import Prompt
 
@@ -96,8 +97,10 @@ def segment_prompt(prompt: Prompt) -> list[Segment]:
     return [Segment(text, position) for text, position in out]
 
 
-def system_segments(system: str) -> list[str]:
-    """The whole system prompt, its lines, sentences and two-sentence windows."""
+@lru_cache(maxsize=1024)
+def system_segments(system: str) -> tuple[str, ...]:
+    """The whole system prompt, its lines, sentences, two-sentence windows, first and last words, and word
+    windows inside run-on sentences. Cached: a system prompt is shared by many requests."""
     units = _units(system)[:MAX_SYSTEM_UNITS]
     segs = [_bound(system)]
     lines = [strip_list_marker(ln) for ln in system.splitlines() if ln.strip()]
@@ -116,7 +119,7 @@ def system_segments(system: str) -> list[str]:
             starts = range(0, len(words) - WINDOW_WORDS + WINDOW_STRIDE, WINDOW_STRIDE)
             windows.extend(" ".join(words[i:i + WINDOW_WORDS]) for i in starts)
     segs.extend(windows[:MAX_SYSTEM_UNITS])
-    return _dedupe(s for s in segs if s)
+    return tuple(_dedupe(s for s in segs if s))
 
 
 def user_segments(turn: str) -> list[tuple[str, str]]:
