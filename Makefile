@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 model: $(MODEL)
 
 $(MODEL): | $(STAMP)
-	$(BIN)/framewatch build-model
+	$(BIN)/framewatch build-model --int8
 
 demo: setup model
 	$(BIN)/framewatch demo

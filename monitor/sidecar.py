@@ -68,7 +68,8 @@ class Sidecar:
 def build(settings: Settings) -> Sidecar:
     disable_created_metrics()
     metrics = Metrics(model_allowlist=settings.model_allowlist)
-    embedder = Embedder.load(settings.model_dir, cache_size=settings.embedding_cache_size,
+    embedder = Embedder.load(settings.model_dir, onnx_file=settings.embedding_onnx_file,
+                             cache_size=settings.embedding_cache_size,
                              threads=settings.onnx_threads, batch_size=settings.embedding_batch_size,
                              max_tokens=settings.embedding_max_tokens)
     registry_path = Path(settings.registry_path) if settings.registry_path else DEFAULT_REGISTRY

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from monitor import replay
+from monitor.embedding import Embedder
 from tests.conftest import MODEL_DIR, REPO, needs_model
 
 
@@ -97,3 +98,15 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+@needs_model
+def test_int8_model_stays_close_to_full_precision() -> None:
+    """``FRAMEWATCH_EMBEDDING_ONNX_FILE=model.int8.onnx`` is offered as the fast option (docs/deployment.md)."""
+    if not (MODEL_DIR / "model.int8.onnx").exists():
+        pytest.skip("model built without --int8")
+    texts = [json.loads(line)["text"] for line in (REPO / "data" / "parity_texts.jsonl").read_text().splitlines()]
+    full = Embedder.load(MODEL_DIR, cache_size=0).embed(texts)
+    quantised = Embedder.load(MODEL_DIR, onnx_file="model.int8.onnx", cache_size=0).embed(texts)
+    cos = np.sum(full * quantised, axis=1)
+    assert cos.mean() >= 0.99 and cos.min() >= 0.97, (cos.mean(), cos.min())

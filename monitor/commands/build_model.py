@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out
-    if (out / "model.onnx").exists() and (out / "manifest.json").exists() and not args.force:
+    wanted = ["model.onnx", "manifest.json"] + (["model.int8.onnx"] if args.int8 else [])
+    if all((out / name).exists() for name in wanted) and not args.force:
         print(f"model already built at {out} (use --force to rebuild)")
         return 0
     try:
