@@ -28,7 +28,7 @@ duck_phrase at 0.88 - the written tag look-alikes are easier than real ones, so 
 33% on one set) and duck recall fell; letting the static prefilter pass 2% of benign segments, or training it
 without look-alikes, gained little recall for more transformer work.
 
-Measured on seven development sets (2026-11-27, pooled ~130 paraphrases per cluster and ~250 look-alikes;
+Measured on six development sets (2026-11-27, pooled ~125 paraphrases per cluster and 221 look-alikes;
 recall tag / duck / persona, look-alikes flagged): the word features moved the whole trade-off, not a point
 on it - with them, positives weighing as much as all negatives (``POSITIVE_WEIGHT`` 1.0, was 0.3) reach
 0.96 / 1.00 / 1.00 with 12 look-alikes and 0.10% benign flagged, where without them 1.0 gave 0.97 / 0.98 / 0.98
