@@ -174,7 +174,7 @@ class _Compiled:
             if m is not None:
                 self.w[:, j], self.b[j] = m.weights, m.bias
                 self.sw[:, j], self.sb[j], self.st[j] = m.static_weights, m.static_bias, m.static_threshold
-                if m.lexical_weights is not None and self.lexical is not None:
+                if m.lexical_weights is not None:  # the registry checked it matches self.lexical
                     self.lw[:, j] = m.lexical_weights
         # Fallback scoring for clusters without weights: cosine to phrases minus a share of the cosine
         # to negatives, and a static cosine prefilter.

@@ -114,10 +114,10 @@ def system_segments(system: str) -> tuple[str, ...]:
         segs.extend([" ".join(words[:EDGE_WORDS]), " ".join(words[-EDGE_WORDS:])])
     windows: list[str] = []
     for unit in units:
-        words = unit.split()
-        if len(words) >= RUN_ON_WORDS:
-            starts = range(0, len(words) - WINDOW_WORDS + WINDOW_STRIDE, WINDOW_STRIDE)
-            windows.extend(" ".join(words[i:i + WINDOW_WORDS]) for i in starts)
+        unit_words = unit.split()
+        if len(unit_words) >= RUN_ON_WORDS:
+            starts = range(0, len(unit_words) - WINDOW_WORDS + WINDOW_STRIDE, WINDOW_STRIDE)
+            windows.extend(" ".join(unit_words[i:i + WINDOW_WORDS]) for i in starts)
     segs.extend(windows[:MAX_SYSTEM_UNITS])
     return tuple(_dedupe(s for s in segs if s))
 
@@ -182,16 +182,25 @@ def _comma_clauses(sentence: str) -> list[str]:
     parts = [p.replace("\0", ",") for p in _COMMA.split(masked) if p]
     if len(parts) < 2:
         return []
-    out = []
-    for parts_in_order in (parts, parts[::-1]):  # short parts joined backwards, then forwards
-        joined: list[str] = []
-        for part in parts_in_order:
-            if joined and len(part.split()) < COMMA_CLAUSE_WORDS:
-                joined[-1] = f"{joined[-1]}, {part}" if parts_in_order is parts else f"{part}, {joined[-1]}"
-            else:
-                joined.append(part)
-        out.extend(joined if parts_in_order is parts else joined[::-1])
-    return [c for c in out if len(c.split()) >= COMMA_CLAUSE_WORDS]
+    def short(part: str) -> bool:
+        return len(part.split()) < COMMA_CLAUSE_WORDS
+
+    to_previous: list[str] = []  # each short part appended to the part before it
+    for part in parts:
+        if to_previous and short(part):
+            to_previous[-1] += f", {part}"
+        else:
+            to_previous.append(part)
+    to_next: list[str] = []  # short parts held back and put in front of the next long one
+    pending: list[str] = []
+    for part in parts:
+        pending.append(part)
+        if not short(part):
+            to_next.append(", ".join(pending))
+            pending = []
+    if pending:
+        to_next.append(", ".join(pending))
+    return [c for c in to_previous + to_next if not short(c)]
 
 
 def _units(text: str, limit: int = MAX_SEGMENT_CHARS) -> list[str]:

@@ -84,7 +84,6 @@ LR_C = 4.0  # inverse L2 strength of the per-cluster models
 STATIC_BENIGN_PASS = 0.01
 CV_FOLDS = 5  # cross-fitting folds for the threshold scores (see calibrate)
 LEXICON_MIN_COUNT = 3  # see trigger_lexicon
-LEXICAL = True  # word features next to the embedding (monitor.lexical)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -422,10 +421,8 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
         (s.text for segs in segmented for s in segs), benign_systems, *positives.values(), *lookalikes.values())))
     corrected = [speller.correct(t) for t in all_texts]
     # The per-cluster models see the embedding and the word features side by side (monitor.lexical).
-    lexical = LexicalFeatures() if LEXICAL else None
-    features = embedder.embed(corrected)
-    if lexical is not None:
-        features = np.hstack([features, lexical.encode(corrected)])
+    lexical = LexicalFeatures()
+    features = np.hstack([embedder.embed(corrected), lexical.encode(corrected)])
     vectors = dict(zip(all_texts, features, strict=True))
     del features
 
@@ -474,9 +471,8 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
     arrays: dict[str, np.ndarray] = {f"static/{k}": v for k, v in static.items()}
     arrays["spelling/words"] = np.array(sorted(lexicon), dtype=str)
     arrays["spelling/counts"] = np.array([lexicon[w] for w in sorted(lexicon)], dtype=np.int64)
-    if lexical is not None:
-        arrays.update({"lexical/kind": np.array(LEXICAL_KIND), "lexical/dim": np.int64(lexical.dim),
-                       "lexical/scale": np.float32(lexical.scale)})
+    arrays.update({"lexical/kind": np.array(LEXICAL_KIND), "lexical/dim": np.int64(lexical.dim),
+                   "lexical/scale": np.float32(lexical.scale)})
     report: dict[str, Any] = {"clusters": {}, "benign_prompts": len(prompts), "target_fpr": target_fpr,
                               "union_fpr": union_fpr}
     for cluster in registry.clusters:
@@ -487,10 +483,9 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
         passed = float((benign_static >= st).mean())
         pos_passed = float((pos_static >= st).mean())
         w, b = models[cluster.id]
-        arrays.update({f"{cluster.id}/w": w[:embedder.dim], f"{cluster.id}/b": np.float32(b),
-                       f"{cluster.id}/sw": sw, f"{cluster.id}/sb": np.float32(sb), f"{cluster.id}/st": np.float32(st)})
-        if lexical is not None:
-            arrays[f"{cluster.id}/lw"] = w[embedder.dim:]
+        arrays.update({f"{cluster.id}/w": w[:embedder.dim], f"{cluster.id}/lw": w[embedder.dim:],
+                       f"{cluster.id}/b": np.float32(b), f"{cluster.id}/sw": sw, f"{cluster.id}/sb": np.float32(sb),
+                       f"{cluster.id}/st": np.float32(st)})
         negatives = len(all_benign) + len(lookalikes[cluster.id]) + len(positives) - 1
         report["clusters"][cluster.id] = {"positives": len(pos), "negatives": negatives,
                                           "lookalikes": len(lookalikes[cluster.id]),
