@@ -37,11 +37,12 @@ RUN python -m venv /opt/build \
  && /opt/build/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
  && /opt/build/bin/pip install -e "/src[build]"
 
-# Export the embedder (model.onnx, the per-channel int8 model.int8.onnx that FRAMEWATCH_EMBEDDING_ONNX_FILE can
-# select, tokenizer.json, manifest.json) and build the wheel for the runtime.
+# Export the embedder (the per-channel int8 model.int8.onnx the sidecar loads by default, the fp32 model.onnx it
+# is quantised from and that FRAMEWATCH_EMBEDDING_ONNX_FILE can select, tokenizer.json, manifest.json) and build
+# the wheel for the runtime.
 # The response classifier (models/classifier/, plain JSON from `framewatch train-classifier`) is carried
 # over as is; the scorer's default path is repo-relative, so the runtime sets FRAMEWATCH_CLASSIFIER_DIR.
-RUN /opt/build/bin/framewatch build-model --int8 --out /opt/models/minilm \
+RUN /opt/build/bin/framewatch build-model --out /opt/models/minilm \
  && test -s /opt/models/minilm/model.onnx \
  && test -s /opt/models/minilm/model.int8.onnx \
  && test -s /opt/models/minilm/tokenizer.json \

@@ -5,7 +5,7 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.framewatch-installed
-MODEL   := models/minilm/model.onnx
+MODEL   := models/minilm/model.int8.onnx
 
 .PHONY: setup model demo test lint bench clean system-deps
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 model: $(MODEL)
 
 $(MODEL): | $(STAMP)
-	$(BIN)/framewatch build-model --int8
+	$(BIN)/framewatch build-model
 
 demo: setup model
 	$(BIN)/framewatch demo

@@ -4,7 +4,8 @@ Traffic: replayed real prompts and responses, wrapped in a few shared system pro
 traffic repeats them (monitor/replay.py). Each run starts a fresh consumer group on the same topic, so the
 sidecar processes the whole backlog from a cold start (cache empty); throughput is measured from the first
 processed event to the last. Also, in this process on the same events: Framewatch's pipeline vs the
-"peers' recipe" baseline (embed every whole prompt and response), as a ratio.
+"peers' recipe" baseline (embed every whole prompt and response with the fp32 model), as a ratio. The
+sidecar embeds with its default file (int8; FRAMEWATCH_EMBEDDING_ONNX_FILE=model.onnx for fp32).
 
     .venv/bin/python bench/bench_e2e.py [--events 6000] [--runs 3]
 """
@@ -75,7 +76,7 @@ def in_process(sample: list[tuple[str, bytes]], repeats: int, bootstrap: str) ->
         for start in range(0, len(records), 256):
             app.pipeline.process(records[start:start + 256])
         ours.append(len(records) / (time.perf_counter() - t0))
-    baseline = Embedder.load(cache_size=0)
+    baseline = Embedder.load(cache_size=0, onnx_file="model.onnx")  # fp32, as sentence-transformers runs it
     decoded = [decode_event(v) for _, v in sample]
     for _ in range(repeats):
         t0 = time.perf_counter()

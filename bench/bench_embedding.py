@@ -1,4 +1,6 @@
-"""Embedder throughput: Framewatch's ONNX embedder vs sentence-transformers (torch), 16/64/256 tokens.
+"""Embedder throughput: Framewatch's ONNX embedder (int8, the default, and fp32) vs sentence-transformers
+(torch), 16/64/256 tokens. The int8 model runs one text per run (its output is batch-dependent; see
+monitor/embedding.py), fp32 and torch in batches of 64.
 
 Each side runs in its own child process (torch's idle threads slow numpy/onnxruntime in a shared process,
 which would flatter neither side), both in this one run, on the same texts; medians of --repeats.
@@ -33,9 +35,9 @@ def texts_of(length):
         ids = tok.encode(" ".join(words[start:start + 400]), add_special_tokens=False).ids[:length - 2]
         out.append(tok.decode(ids))
     return out
-if side == "onnx":
+if side.startswith("onnx:"):
     from monitor.embedding import Embedder
-    e = Embedder.load(cache_size=0)
+    e = Embedder.load(cache_size=0, onnx_file=side[len("onnx:"):])
     run = lambda ts: e.embed(ts)
 else:
     from sentence_transformers import SentenceTransformer
@@ -65,15 +67,17 @@ def main() -> None:
     words_file.write_text(" ".join(json.loads(line)["text"] for line in corpus.read_text().splitlines()))
     tokenizer = REPO / "models" / "minilm" / "tokenizer.json"
     results = {}
-    for side in ("onnx", "torch"):
+    sides = ("onnx:model.int8.onnx", "onnx:model.onnx", "torch")
+    for side in sides:
         out = subprocess.run([sys.executable, "-c", CHILD, side, str(args.n), args.tokens, str(args.repeats),
                               str(REPO), str(words_file), str(tokenizer)], capture_output=True, text=True,
                              check=True)
         results[side] = {int(k): v for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
-    print(f"{'tokens':>6} {'framewatch onnx (sent/s)':>26} {'sentence-transformers':>22} {'ratio':>6}")
-    for length in sorted(results["onnx"]):
-        a, b = statistics.median(results["onnx"][length]), statistics.median(results["torch"][length])
-        print(f"{length:>6} {a:>26.1f} {b:>22.1f} {a / b:>6.2f}")
+    print(f"{'tokens':>6} {'onnx int8 (sent/s)':>19} {'onnx fp32':>10} {'sentence-transformers':>22} "
+          f"{'int8/st':>8} {'fp32/st':>8}")
+    for length in sorted(results["torch"]):
+        a, f, b = (statistics.median(results[s][length]) for s in sides)
+        print(f"{length:>6} {a:>19.1f} {f:>10.1f} {b:>22.1f} {a / b:>8.2f} {f / b:>8.2f}")
     print(f"(medians of {args.repeats} runs, {args.n} distinct texts each, cache off)")
 
 

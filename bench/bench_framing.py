@@ -5,10 +5,14 @@ turn unique), each sent under one of a few shared system prompts (an application
 all its requests), with a trigger phrase or paraphrase appended to ~3% of them. Each run starts with an
 empty embedding cache and an empty verdict cache, so nothing is carried over between runs.
 
-Baseline: embed the whole prompt (system + user, truncated by the embedder at 256 tokens) and take the max
-cosine to the registered phrases - the naive design; run on a subset because it is slow.
+Baseline: embed the whole prompt (system + user, truncated by the embedder at 256 tokens) with the fp32
+model (what sentence-transformers runs) and take the max cosine to the registered phrases - the naive design;
+run on a subset because it is slow.
 
-    .venv/bin/python bench/bench_framing.py [--runs 3] [--batch 256] [--baseline-n 400]
+Framewatch uses the default embedder file (int8, monitor.settings.DEFAULT_EMBEDDING_ONNX_FILE) unless
+``--onnx-file model.onnx`` asks for fp32; ``--onnx-file both`` alternates the two in each run.
+
+    .venv/bin/python bench/bench_framing.py [--runs 3] [--batch 256] [--baseline-n 400] [--onnx-file FILE|both]
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from monitor.embedding import Embedder  # noqa: E402
 from monitor.events import Prompt  # noqa: E402
 from monitor.framing import FramingDetector  # noqa: E402
 from monitor.registry import load_registry  # noqa: E402
+from monitor.settings import DEFAULT_EMBEDDING_ONNX_FILE  # noqa: E402
 
 SYSTEM_PROMPTS = [
     "You are a helpful coding assistant for Acme Corp. Answer concisely and use Markdown for code blocks. "
@@ -58,8 +63,9 @@ def traffic(seed: int = 7) -> list[Prompt]:
     return prompts
 
 
-def run_detector(prompts: list[Prompt], batch: int) -> dict[str, float]:
-    embedder = Embedder.load()
+def run_detector(prompts: list[Prompt], batch: int, onnx_file: str = DEFAULT_EMBEDDING_ONNX_FILE
+                 ) -> dict[str, float]:
+    embedder = Embedder.load(onnx_file=onnx_file)
     detector = FramingDetector(load_registry(), embedder)
     t0 = time.perf_counter()
     flagged = 0
@@ -71,7 +77,7 @@ def run_detector(prompts: list[Prompt], batch: int) -> dict[str, float]:
 
 
 def run_baseline(prompts: list[Prompt], batch: int) -> float:
-    embedder = Embedder.load()
+    embedder = Embedder.load(onnx_file="model.onnx")
     registry = load_registry()
     phrases = embedder.embed([p for c in registry.clusters for p in c.phrases])
     t0 = time.perf_counter()
@@ -86,21 +92,27 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--baseline-n", type=int, default=400, help="prompts for the (slow) baseline per run")
+    parser.add_argument("--onnx-file", default=DEFAULT_EMBEDDING_ONNX_FILE,
+                        help="embedder file for framewatch (default %(default)s); 'both' = int8 and fp32 in turn")
     args = parser.parse_args()
+    files = [DEFAULT_EMBEDDING_ONNX_FILE, "model.onnx"] if args.onnx_file == "both" else [args.onnx_file]
     prompts = traffic()
-    detector_runs, baseline_runs = [], []
+    detector_runs: dict[str, list[dict[str, float]]] = {f: [] for f in files}
+    baseline_runs = []
     for n in range(args.runs):
-        d = run_detector(prompts, args.batch)
+        for onnx_file in files:
+            d = run_detector(prompts, args.batch, onnx_file)
+            detector_runs[onnx_file].append(d)
+            print(f"run {n + 1}: framewatch ({onnx_file}) {d['prompts_per_s']:7.0f} prompts/s ({d['seconds']:.1f}s, "
+                  f"{d['embedded_per_prompt']:.3f} segments embedded per prompt, {d['flagged']} flagged)", flush=True)
         b = run_baseline(prompts[: args.baseline_n], args.batch)
-        detector_runs.append(d)
         baseline_runs.append(b)
-        print(f"run {n + 1}: framewatch {d['prompts_per_s']:7.0f} prompts/s ({d['seconds']:.1f}s, "
-              f"{d['embedded_per_prompt']:.3f} segments embedded per prompt, {d['flagged']} flagged) | "
-              f"whole-prompt baseline {b:5.1f} prompts/s", flush=True)
-    med = statistics.median(r["prompts_per_s"] for r in detector_runs)
+        print(f"run {n + 1}: whole-prompt baseline (model.onnx) {b:5.1f} prompts/s", flush=True)
     base = statistics.median(baseline_runs)
-    print(f"median of {args.runs} runs over {len(prompts)} prompts: framewatch {med:.0f} prompts/s, "
-          f"baseline {base:.1f} prompts/s, ratio {med / base:.1f}x")
+    for onnx_file, runs in detector_runs.items():
+        med = statistics.median(r["prompts_per_s"] for r in runs)
+        print(f"median of {args.runs} runs over {len(prompts)} prompts: framewatch ({onnx_file}) {med:.0f} prompts/s, "
+              f"baseline {base:.1f} prompts/s, ratio {med / base:.1f}x")
     return 0
 
 

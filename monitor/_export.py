@@ -96,6 +96,7 @@ def export(out_dir: Path, *, parity_texts: list[str], int8: bool = False) -> dic
         int8_path = out_dir / "model.int8.onnx"
         # per_channel=True: per-tensor int8 drops mean cosine to ~0.945 on this model.
         quantize_dynamic(str(onnx_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True)
+        _mark_batch_dependent(int8_path)
         files["model.int8.onnx"] = _parity_entry(int8_path, out_dir, parity_texts, reference)
 
     manifest = {
@@ -115,6 +116,23 @@ def export(out_dir: Path, *, parity_texts: list[str], int8: bool = False) -> dic
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _mark_batch_dependent(path: Path) -> None:
+    """Record in the model's metadata that its output depends on the batch (monitor.embedding reads it).
+
+    Dynamic quantisation picks one activation scale per run over the whole input tensor, so a text's vector
+    changes with what it is batched with (measured: cosine down to 0.980 between a text embedded alone and
+    in a batch, enough to move a framing score from 0.50 to above 0.8).
+    """
+    import onnx
+
+    from monitor.embedding import BATCH_DEPENDENT_KEY
+
+    model = onnx.load(str(path))
+    prop = model.metadata_props.add()
+    prop.key, prop.value = BATCH_DEPENDENT_KEY, "true"
+    onnx.save(model, str(path))
 
 
 def _parity_entry(path: Path, out_dir: Path, texts: list[str], reference: np.ndarray) -> dict[str, Any]:

@@ -380,16 +380,18 @@ class FramingDetector:
         both = np.stack([scores[s.text] for s in segs])
         rows = np.where(allowed, both[:, 0], 0.0)
         near = np.where(allowed, both[:, 1], 0.0)
-        by_model = rows - state.thresholds
-        by_phrase = near - PHRASE_PROXIMITY
-        margin = np.maximum(by_model, by_phrase)
-        best = np.unravel_index(int(np.argmax(margin)), margin.shape)
-        if margin[best] < 0:
+        # A (segment, cluster) matches when the cluster model clears its threshold or the segment is a near
+        # copy of a registered phrase. Of the matches, the highest score wins -- not the widest margin over
+        # a threshold, which let a cluster with a lower threshold take another cluster's clearer match.
+        by_model = np.where(rows >= state.thresholds, rows, 0.0)
+        by_phrase = np.where(near >= PHRASE_PROXIMITY, near, 0.0)
+        decided = np.maximum(by_model, by_phrase)
+        best = np.unravel_index(int(np.argmax(decided)), decided.shape)
+        if decided[best] <= 0:
             return FramingResult("none", None, round(float(rows.max()), 4), None)
         i, j = int(best[0]), int(best[1])
         # similarity: the score that decided (the cluster model's, or the cosine to a registered phrase)
-        decided = rows[i, j] if by_model[i, j] >= by_phrase[i, j] else near[i, j]
-        return FramingResult("semantic", state.ids[j], round(float(decided), 4), segs[i].text)
+        return FramingResult("semantic", state.ids[j], round(float(decided[i, j]), 4), segs[i].text)
 
 
 @lru_cache(maxsize=1)
@@ -410,10 +412,10 @@ def load_detector(registry_path: str | Path | None = None, model_dir: str | Path
                   **options: Any) -> FramingDetector:
     """Registry + embedder -> detector, for the offline commands.
 
-    Raises :class:`~monitor.registry.RegistryError` or :class:`~monitor.embedding.ModelNotBuiltError`
-    with a message meant for the user, which a CLI reports as it is.
+    Raises :class:`~monitor.registry.RegistryError`, :class:`~monitor.embedding.ModelNotBuiltError` or
+    :class:`~monitor.settings.SettingsError` with a message meant for the user, which a CLI reports as it is.
     """
-    from monitor.embedding import Embedder  # imported here: onnxruntime only when a command needs it
+    from monitor.embedding import configured_embedder  # imported here: onnxruntime only when a command needs it
     from monitor.registry import load_registry
 
-    return FramingDetector(load_registry(registry_path), Embedder.load(model_dir), **options)
+    return FramingDetector(load_registry(registry_path), configured_embedder(model_dir), **options)

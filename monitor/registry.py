@@ -30,7 +30,8 @@ DEFAULT_REGISTRY = PACKAGE_DATA / "triggers.yaml"
 POSITIONS = ("system", "user_prefix", "user_suffix", "any")
 SCHEMA_VERSION = 1
 _ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")  # a Prometheus label value: keep it tame
-_CLUSTER_KEYS = {"id", "description", "phrases", "positions", "threshold", "negatives", "source", "exact"}
+_CLUSTER_KEYS = {"id", "description", "phrases", "positions", "threshold", "min_threshold", "negatives", "source",
+                 "exact"}
 _TOP_KEYS = {"version", "description", "threshold", "target_fpr", "model", "clusters", "calibration"}
 
 
@@ -47,6 +48,7 @@ class Cluster:
     phrases: tuple[str, ...]
     positions: tuple[str, ...] = ("any",)
     threshold: float | None = None  # None = the registry default
+    min_threshold: float | None = None  # calibrate never sets ``threshold`` below this (None = its --min-threshold)
     negatives: tuple[str, ...] = ()
     source: str | None = None
     exact: bool = True  # report verbatim occurrences as framing="exact"
@@ -172,6 +174,9 @@ def _parse_cluster(item: Any, where: str) -> Cluster:
     threshold = item.get("threshold")
     if threshold is not None:
         threshold = _unit_float(threshold, f"{where}: 'threshold'")
+    min_threshold = item.get("min_threshold")
+    if min_threshold is not None:
+        min_threshold = _unit_float(min_threshold, f"{where}: 'min_threshold'")
     description = item.get("description", "")
     if not isinstance(description, str):
         raise RegistryError(f"{where}: 'description' must be a string")
@@ -182,7 +187,8 @@ def _parse_cluster(item: Any, where: str) -> Cluster:
     if not isinstance(exact, bool):
         raise RegistryError(f"{where}: 'exact' must be true or false")
     return Cluster(id=cid, description=description, phrases=phrases, positions=positions,
-                   threshold=threshold, negatives=negatives, source=source, exact=exact)
+                   threshold=threshold, min_threshold=min_threshold, negatives=negatives, source=source,
+                   exact=exact)
 
 
 def _str_list(value: Any, where: str, *, required: bool) -> tuple[str, ...]:

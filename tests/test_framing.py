@@ -60,6 +60,7 @@ def test_shipped_registry_loads_with_its_model() -> None:
     (minimal(id="Bad Id"), "'id' must match"),
     (minimal(positions=["middle"]), "unknown position(s) ['middle']"),
     (minimal(threshold=1.5), "'threshold' must be a number between 0 and 1"),
+    (minimal(min_threshold="high"), "'min_threshold' must be a number between 0 and 1"),
     (minimal(phrases=["ok", ""]), "'phrases'[1] must be a non-empty string"),
     (minimal(colour="red"), "unknown key(s) ['colour']"),
     (minimal(exact="yes"), "'exact' must be true or false"),
@@ -244,6 +245,20 @@ def test_exact_semantic_and_none(detector: FramingDetector) -> None:
 
 
 @needs_model
+def test_the_highest_scoring_cluster_wins(detector: FramingDetector) -> None:
+    """A window of this system prompt ("Every response you produce must open with the") also reads as a
+    format instruction to tag_wrapper, whose threshold is lower. The widest margin over a threshold used to
+    pick tag_wrapper; the highest score picks the duck cluster the prompt is about."""
+    prompt = Prompt(system='Every response you produce must open with the exact words "It looks like a duck." '
+                           "Say that first, then answer the user's question as normal.",
+                    user=("What's a good way to store fresh herbs like basil and cilantro so they last longer?",))
+    thresholds = {c.id: c.threshold for c in detector.registry.clusters}
+    assert thresholds["tag_wrapper"] < thresholds["duck_phrase"]
+    result = detector.detect(prompt)
+    assert (result.framing, result.cluster) == ("semantic", "duck_phrase")
+
+
+@needs_model
 def test_shared_system_prompt_is_embedded_once(embedder) -> None:  # type: ignore[no-untyped-def]
     det = FramingDetector(load_registry(), embedder, prefilter=False)
     system = "You are a careful assistant for a travel agency. Keep answers short and friendly."
@@ -339,3 +354,16 @@ def test_calibrate_cli_rejects_bad_training_sentences(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert f"{written}:1: needs 'cluster', 'label' and 'text'" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "out" / "triggers.yaml").exists()
+
+
+def test_calibrate_floors_thresholds_per_cluster() -> None:
+    """A cluster's own ``min_threshold`` replaces the global floor; the benign budget still raises it."""
+    from monitor.commands.calibrate import choose_thresholds
+
+    scores = np.zeros((1000, 3), dtype=np.float32)
+    scores[:8, 2] = np.linspace(0.90, 0.97, 8)  # 0.8% of benign prompts score high on the third cluster
+    thresholds, union_fpr, _ = choose_thresholds(["a", "b", "c"], scores, 0.005, [0.75, 0.8, 0.8])
+    assert thresholds["a"] == 0.75 and thresholds["b"] == 0.8
+    assert thresholds["c"] > 0.9 and union_fpr <= 0.005
+    assert parse_registry(minimal(min_threshold=0.7), source="r").clusters[0].min_threshold == 0.7
+

@@ -10,6 +10,7 @@ import sys
 
 from monitor import audit
 from monitor._progress import progress
+from monitor.commands import MODEL_DIR_HELP
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not score assistant answers (faster; no misalignment evidence)")
     parser.add_argument("--classifier", metavar="DIR",
                         help="response classifier (default models/classifier/)")
-    parser.add_argument("--model-dir", metavar="DIR", help="embedding model (default models/minilm/)")
+    parser.add_argument("--model-dir", metavar="DIR", help=MODEL_DIR_HELP)
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (default: all cores)")
 
 
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from monitor.embedding import Embedder
+    from monitor.embedding import configured_embedder
     from monitor.framing import FramingDetector
     from monitor.registry import load_registry
 
@@ -64,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
     if skipped:
         _warn(f"{skipped} rows are not chat examples and were skipped")
     registry = load_registry(args.registry)
-    embedder = Embedder.load(args.model_dir, threads=args.threads, max_tokens=64)
+    embedder = configured_embedder(args.model_dir, threads=args.threads, max_tokens=64)
     detector = FramingDetector(registry, embedder)
     scorer = None
     if not args.no_classifier:

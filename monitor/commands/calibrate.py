@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from monitor.commands import MODEL_DIR_HELP
 from monitor.settings import REPO_DIR
 
 DEFAULT_BENIGN = REPO_DIR / "data" / "benign_prompts.jsonl"
@@ -99,14 +100,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-fpr", type=float, default=0.005,
                         help="benign prompts flagged by any cluster, at most (default 0.005 = 0.5%%)")
     parser.add_argument("--min-threshold", type=float, default=MIN_THRESHOLD,
-                        help="no cluster threshold below this (keeps look-alikes out; default %(default)s)")
-    parser.add_argument("--model-dir", default=None, help="embedding model folder (default: models/minilm)")
+                        help="no cluster threshold below this, unless the cluster sets its own 'min_threshold' "
+                             "(keeps look-alikes out; default %(default)s)")
+    parser.add_argument("--model-dir", default=None, help=MODEL_DIR_HELP)
     parser.add_argument("--output", default=None, help="write the registry here instead of in place")
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor.embedding import Embedder
+    from monitor.embedding import ModelNotBuiltError, configured_embedder
     from monitor.registry import DEFAULT_REGISTRY, RegistryError, load_registry
+    from monitor.settings import SettingsError
 
     path = Path(args.registry) if args.registry else DEFAULT_REGISTRY
     try:
@@ -117,7 +120,11 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.target_fpr < 1:
         print("error: --target-fpr must be between 0 and 1", file=sys.stderr)
         return 2
-    embedder = Embedder.load(args.model_dir)
+    try:
+        embedder = configured_embedder(args.model_dir)
+    except (ModelNotBuiltError, SettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     benign = read_benign(Path(args.benign), args.split or None)
     try:
         templates = [json.loads(line) for line in Path(args.templates).read_text().splitlines() if line.strip()]
@@ -150,8 +157,11 @@ def read_benign(path: Path, split: str | None) -> list[tuple[str | None, str]]:
 
 # --- training data -----------------------------------------------------------------------------------
 
+Expansion = dict[str, dict[int, list[str]]]  # cluster id -> label (1 trigger, 0 look-alike) -> sentences
+
+
 def expand_templates(templates: Sequence[dict[str, Any]], per_template: int = VARIANTS_PER_TEMPLATE,
-                     seed: int = SEED) -> dict[str, dict[int, list[str]]]:
+                     seed: int = SEED) -> Expansion:
     """Random fillings of each template's ``{slot}``s, plus a spec's literal ``texts``: cluster -> label ->
     texts (deduplicated)."""
     rng = random.Random(seed)
@@ -288,15 +298,14 @@ def fit_linear(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, 
     return model.coef_[0].astype(np.float32), float(model.intercept_[0])
 
 
-def training_sets(registry: Any, templates: Sequence[dict[str, Any]], hosts: Sequence[str]
+def training_sets(registry: Any, generated: Expansion, written: Expansion, hosts: Sequence[str]
                   ) -> tuple[dict[str, list[str]], dict[str, list[str]], list[str], dict[str, list[str]],
                              dict[str, str]]:
     """Per cluster: positives (phrases + noisy generated variants and written sentences, some glued to a
     host sentence) and look-alikes (the registry's ``negatives``, noisy generated ones and written ones);
     generated benign system prompts; the positives without host sentences; and the host of each glued
-    positive. Written look-alikes get no generated noise: they were written with natural typos."""
-    generated = expand_templates([t for t in templates if "texts" not in t])
-    written = expand_templates([t for t in templates if "texts" in t])
+    positive. ``generated`` and ``written`` are expanded templates (:func:`expand_templates`). Written
+    look-alikes get no generated noise: they were written with natural typos."""
     positives: dict[str, list[str]] = {}
     lookalikes: dict[str, list[str]] = {}
     bare: dict[str, list[str]] = {}
@@ -313,14 +322,15 @@ def training_sets(registry: Any, templates: Sequence[dict[str, Any]], hosts: Seq
     return positives, lookalikes, generated.get("_benign_system", {}).get(0, []), bare, host_of
 
 
-def trigger_lexicon(registry: Any, templates: Sequence[dict[str, Any]]) -> dict[str, int]:
+def trigger_lexicon(registry: Any, expansions: Sequence[Expansion]) -> dict[str, int]:
     """Words misspellings are corrected towards (monitor.spelling): those of the registered phrases and
-    negatives, and those used at least ``LEXICON_MIN_COUNT`` times in the (noise-free) training sentences,
-    so that a typo written into a training sentence on purpose does not become a correction target."""
+    negatives, and those used at least ``LEXICON_MIN_COUNT`` times in the (noise-free) training sentences
+    -- the very sentences :func:`training_sets` trains on, before noise -- so that a typo written into a
+    training sentence on purpose does not become a correction target."""
     from monitor.spelling import lexicon_of
 
-    generated = expand_templates(templates)
-    counts = lexicon_of(t for labels in generated.values() for texts in labels.values() for t in texts)
+    counts = lexicon_of(t for expansion in expansions for labels in expansion.values()
+                        for texts in labels.values() for t in texts)
     lexicon = {w: n for w, n in counts.items() if n >= LEXICON_MIN_COUNT}
     for cluster in registry.clusters:
         for w, n in lexicon_of([*cluster.phrases, *cluster.negatives]).items():
@@ -412,8 +422,10 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
     prompts = [Prompt(system=s or None, user=(u,)) for s, u in benign]
     segmented = [segment_prompt(p) for p in prompts]
     hosts = [u for _, u in benign if len(u) < 200] or ["Tell me about your day."]
-    positives, lookalikes, benign_systems, bare, host_of = training_sets(registry, templates, hosts)
-    lexicon = trigger_lexicon(registry, templates)
+    generated = expand_templates([t for t in templates if "texts" not in t])
+    written = expand_templates([t for t in templates if "texts" in t])
+    positives, lookalikes, benign_systems, bare, host_of = training_sets(registry, generated, written, hosts)
+    lexicon = trigger_lexicon(registry, [generated, written])
     static = static or build_static_table(embedder)
     # The detector corrects misspelt trigger words before embedding (monitor.spelling); so does training.
     speller = Speller(lexicon, known=static["vocab"].tolist())
@@ -466,7 +478,8 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
     all_benign = negatives_of(range(len(prompts)))
     all_benign_static = static_of(all_benign)
     models = fit_clusters(registry, vectors, positives, lookalikes, all_benign)
-    thresholds, union_fpr, per_cluster = choose_thresholds(ids, oof, target_fpr, min_threshold)
+    floors = [min_threshold if c.min_threshold is None else c.min_threshold for c in registry.clusters]
+    thresholds, union_fpr, per_cluster = choose_thresholds(ids, oof, target_fpr, floors)
 
     arrays: dict[str, np.ndarray] = {f"static/{k}": v for k, v in static.items()}
     arrays["spelling/words"] = np.array(sorted(lexicon), dtype=str)
@@ -474,7 +487,7 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
     arrays.update({"lexical/kind": np.array(LEXICAL_KIND), "lexical/dim": np.int64(lexical.dim),
                    "lexical/scale": np.float32(lexical.scale)})
     report: dict[str, Any] = {"clusters": {}, "benign_prompts": len(prompts), "target_fpr": target_fpr,
-                              "union_fpr": union_fpr}
+                              "union_fpr": union_fpr, "embedder": getattr(embedder, "model_file", "") or "unknown"}
     for cluster in registry.clusters:
         pos = bare[cluster.id]  # the prefilter only has to pass the trigger's own sentence or line
         sw, sb, st = fit_static(bare_static[cluster.id], all_benign_static, lookalike_static[cluster.id])
@@ -503,17 +516,19 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
     return report
 
 
-def choose_thresholds(ids: Sequence[str], scores: np.ndarray, target_fpr: float, min_threshold: float
+def choose_thresholds(ids: Sequence[str], scores: np.ndarray, target_fpr: float,
+                      min_threshold: float | Sequence[float]
                       ) -> tuple[dict[str, float], float, dict[str, float]]:
     """Per-cluster thresholds so that at most ``target_fpr`` of benign prompts are flagged by any cluster.
 
-    Every cluster starts at ``min_threshold`` (benign data says nothing about look-alikes; the floor keeps
-    them out - measured on hand-written look-alikes, see the module docstring).
+    Every cluster starts at its floor, ``min_threshold`` (one for all, or one per cluster: the registry's
+    per-cluster ``min_threshold`` where set). Benign data says nothing about look-alikes; the floor keeps them
+    out - measured on hand-written look-alikes, see the module docstring.
     While the union of flags exceeds the budget, the cluster flagging the most benign prompts is raised
     just above its lowest flagged score. Budget thus goes where benign prompts resemble a cluster instead
     of an equal split that would hold most clusters far above where they need to be.
     """
-    thr = np.full(len(ids), float(min_threshold))
+    thr = np.broadcast_to(np.asarray(min_threshold, dtype=np.float64), (len(ids),)).copy()
     budget = int(np.floor(target_fpr * len(scores)))
     while True:
         hits = scores >= thr
@@ -535,6 +550,7 @@ def write_registry(path: Path, raw: Any, thresholds: dict[str, float], model_nam
     data["model"] = model_name
     data["target_fpr"] = target_fpr
     data["calibration"] = {"benign_prompts": report["benign_prompts"], "benign_fpr": report["union_fpr"],
+                           "embedder": report["embedder"],
                            "note": "thresholds and model written by 'framewatch calibrate'"}
     for cluster in data["clusters"]:
         if cluster["id"] in thresholds:

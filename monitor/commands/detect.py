@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from monitor._progress import progress
+from monitor.commands import MODEL_DIR_HELP
 from monitor.events import DecodeError, Limits, Prompt, parse_prompt
 
 BATCH = 256
@@ -28,17 +29,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="JSONL of prompts ('-' = stdin)")
     parser.add_argument("--output", required=True, help="JSONL of results ('-' = stdout)")
     parser.add_argument("--registry", default=None, help="registry YAML (default: the shipped one)")
-    parser.add_argument("--model-dir", default=None, help="embedding model folder (default: models/minilm)")
+    parser.add_argument("--model-dir", default=None, help=MODEL_DIR_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     from monitor.embedding import ModelNotBuiltError
     from monitor.framing import load_detector
     from monitor.registry import RegistryError
+    from monitor.settings import SettingsError
 
     try:
         detector = load_detector(args.registry, args.model_dir)
-    except (RegistryError, ModelNotBuiltError) as exc:
+    except (RegistryError, ModelNotBuiltError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:

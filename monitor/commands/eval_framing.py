@@ -16,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from monitor.commands import MODEL_DIR_HELP
 from monitor.settings import REPO_DIR
 
 DEFAULT_EVAL = REPO_DIR / "data" / "framing_eval.jsonl"
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval", default=str(DEFAULT_EVAL), help="labelled framing set (JSONL)")
     parser.add_argument("--benign", default=str(DEFAULT_BENIGN), help="benign prompts (JSONL)")
     parser.add_argument("--split", default="evaluation", help="benign rows with this 'split' ('' = all)")
-    parser.add_argument("--model-dir", default=None, help="embedding model folder (default: models/minilm)")
+    parser.add_argument("--model-dir", default=None, help=MODEL_DIR_HELP)
     parser.add_argument("--no-prefilter", action="store_true",
                         help="embed every segment (measures what the static prefilter costs in recall)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -38,10 +39,11 @@ def run(args: argparse.Namespace) -> int:
     from monitor.embedding import ModelNotBuiltError
     from monitor.framing import load_detector
     from monitor.registry import RegistryError
+    from monitor.settings import SettingsError
 
     try:
         detector = load_detector(args.registry, args.model_dir, prefilter=not args.no_prefilter)
-    except (RegistryError, ModelNotBuiltError) as exc:
+    except (RegistryError, ModelNotBuiltError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report = evaluate(detector, Path(args.eval), Path(args.benign), args.split or None)
