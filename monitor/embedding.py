@@ -10,7 +10,7 @@ that matter for throughput:
 * truncation at ``max_tokens`` (256 by default): the tokenizer shipped with the model truncates *and
   pads* to 128, so both are overridden here.
 
-The default model file is the per-channel int8 export (``model.int8.onnx``, ~2.2x faster than fp32 here).
+The default model file is the per-channel int8 export (``model.int8.onnx``, ~2x faster than fp32 at 64 tokens here).
 Its activations are quantised dynamically, with one scale per run, so it embeds one text per run: batched,
 a text's vector would depend on its neighbours.
 """

@@ -21,9 +21,10 @@ import yaml
 ENV_PREFIX = "FRAMEWATCH_"
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
-# The embedder file everything uses unless told otherwise: the per-channel int8 export. It embeds ~2.2x faster
-# than the fp32 "model.onnx" on these CPUs, and framing accuracy on every evaluation set was the same within
-# a look-alike or two (docs/registry.md); "model.onnx" stays available for exact sentence-transformers parity.
+# The embedder file everything uses unless told otherwise: the per-channel int8 export. It embeds 1.8-2x faster
+# than the fp32 "model.onnx" at 64-256 tokens on these CPUs (framing as a whole: 1.45x), and framing accuracy on
+# every evaluation set was the same within a prompt or two (docs/deployment.md); "model.onnx" stays available
+# for exact sentence-transformers parity.
 DEFAULT_EMBEDDING_ONNX_FILE = "model.int8.onnx"
 
 
@@ -72,7 +73,7 @@ class Settings:
     embedding_batch_size: int = 64
     embedding_max_tokens: int = 256
     onnx_threads: int = 0  # 0 = onnxruntime's choice (all cores)
-    # The per-channel int8 export: ~2.2x faster than "model.onnx" (fp32); see docs/deployment.md
+    # The per-channel int8 export: ~2x faster than "model.onnx" (fp32) at 64 tokens; see docs/deployment.md
     embedding_onnx_file: str = DEFAULT_EMBEDDING_ONNX_FILE
     # Detection and scoring (filled by framing.py / scoring.py)
     registry_path: str | None = None  # None = the registry shipped in the package
