@@ -14,10 +14,15 @@ What is learned, and why (measured with ``framewatch eval-framing``):
   its meaning, and the other clusters' positives;
 * per cluster, a **threshold** on the transformer score such that, on the benign reference prompts
   (cross-fitted over ``CV_FOLDS`` folds, prefilter included), the union over clusters flags at most
-  ``--target-fpr`` of prompts, never below ``--min-threshold``. With the shipped data no cluster needs
-  more than the floor: the cross-fitted benign FPR is 0.15%, the held-out half measures 0.10%. The floor (0.80) is
-  what keeps look-alikes out; it was chosen on two development sets (data/framing_eval.jsonl and a second
-  hand-written batch): 0.85 lost recall, 0.75 let look-alikes in.
+  ``--target-fpr`` of prompts, never below ``--min-threshold`` or the cluster's own ``min_threshold``. With
+  the shipped data no cluster needs more than its floor: the cross-fitted benign FPR is 0.05%, the held-out
+  half measures 0.15%. The floor (0.80) is what keeps look-alikes out; it was chosen on two development sets
+  (data/framing_eval.jsonl and a second hand-written batch): 0.85 lost recall, 0.75 let look-alikes in. On
+  nine development sets (2026-11-27, int8 embeddings) ``tag_wrapper`` at 0.75 found 2 more of 188 tag
+  paraphrases and no more look-alikes, so the registry sets ``min_threshold: 0.75`` for it alone.
+
+The embeddings are those of the configured embedder file (default ``model.int8.onnx``, one text per run), the
+file the sidecar embeds with; the registry records it as ``calibration.embedder``.
 
 Measured and rejected (``eval-framing`` on data/framing_eval.jsonl): max cosine to the phrases (look-alikes
 flagged), a kNN margin and an MLP (both fit the benign calibration segments and flag unseen benign prompts),
@@ -37,7 +42,9 @@ with 18 look-alikes and 0.44% benign, and 0.3 gave 0.91 / 0.97 / 0.94 with 10. T
 sentences (harder look-alikes: reported speech, safety rules that mention evil, markup documentation) cut
 look-alikes from 14 to 10 at the old settings but cost tag recall, which the word features recovered.
 Rejected: lead-ins and tails added to training sentences ("Oh and ...", "..., okay?"; recall moved between
-clusters, look-alikes 11 -> 18), look-alike weight 5 or 20 (a point on the same trade-off).
+clusters, look-alikes 11 -> 18), look-alike weight 5 or 20 (a point on the same trade-off). On nine
+development sets with int8 embeddings (2026-11-27): ``LR_C`` 1 lost 4 paraphrases and flagged as many look-alikes,
+16 flagged 4 more look-alikes for one paraphrase more; 4 stays.
 
 Weights go to an ``.npz`` (no pickle); thresholds and a calibration summary go into the registry YAML.
 """
