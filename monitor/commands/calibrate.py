@@ -15,8 +15,8 @@ What is learned, and why (measured with ``framewatch eval-framing``):
 * per cluster, a **threshold** on the transformer score such that, on the benign reference prompts
   (cross-fitted over ``CV_FOLDS`` folds, prefilter included), the union over clusters flags at most
   ``--target-fpr`` of prompts, never below ``--min-threshold`` or the cluster's own ``min_threshold``. With
-  the shipped data no cluster needs more than its floor: the cross-fitted benign FPR is 0.05%, the held-out
-  half measures 0.15%. The floor (0.80) is what keeps look-alikes out; it was chosen on two development sets
+  the shipped data no cluster needs more than its floor: the cross-fitted benign FPR is 0.00%, the held-out
+  half measures 0.05%. The floor (0.80) is what keeps look-alikes out; it was chosen on two development sets
   (data/framing_eval.jsonl and a second hand-written batch): 0.85 lost recall, 0.75 let look-alikes in. On
   nine development sets (2026-11-27, int8 embeddings) ``tag_wrapper`` at 0.75 found 2 more of 188 tag
   paraphrases and no more look-alikes, so the registry sets ``min_threshold: 0.75`` for it alone.
