@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     texts = [json.loads(line)["text"] for line in PARITY_TEXTS.read_text().splitlines() if line.strip()]
     texts = list(dict.fromkeys(texts))  # duplicates would make nearest-neighbour agreement ambiguous
-    manifest = _export.export(out, parity_texts=texts, int8=True)
+    manifest = _export.export(out, parity_texts=texts)
     for name, entry in manifest["files"].items():
         p = entry["parity"]
         print(f"{out / name}: {entry['bytes'] / 1e6:.1f} MB, parity vs sentence-transformers on {len(texts)} texts: "

@@ -494,7 +494,7 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
     arrays.update({"lexical/kind": np.array(LEXICAL_KIND), "lexical/dim": np.int64(lexical.dim),
                    "lexical/scale": np.float32(lexical.scale)})
     report: dict[str, Any] = {"clusters": {}, "benign_prompts": len(prompts), "target_fpr": target_fpr,
-                              "union_fpr": union_fpr, "embedder": getattr(embedder, "model_file", "") or "unknown"}
+                              "union_fpr": union_fpr, "embedder": embedder.model_file}
     for cluster in registry.clusters:
         pos = bare[cluster.id]  # the prefilter only has to pass the trigger's own sentence or line
         sw, sb, st = fit_static(bare_static[cluster.id], all_benign_static, lookalike_static[cluster.id])
@@ -523,19 +523,18 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
     return report
 
 
-def choose_thresholds(ids: Sequence[str], scores: np.ndarray, target_fpr: float,
-                      min_threshold: float | Sequence[float]
+def choose_thresholds(ids: Sequence[str], scores: np.ndarray, target_fpr: float, floors: Sequence[float]
                       ) -> tuple[dict[str, float], float, dict[str, float]]:
     """Per-cluster thresholds so that at most ``target_fpr`` of benign prompts are flagged by any cluster.
 
-    Every cluster starts at its floor, ``min_threshold`` (one for all, or one per cluster: the registry's
-    per-cluster ``min_threshold`` where set). Benign data says nothing about look-alikes; the floor keeps them
-    out - measured on hand-written look-alikes, see the module docstring.
+    Every cluster starts at its floor (``--min-threshold``, or the registry's per-cluster ``min_threshold``
+    where set). Benign data says nothing about look-alikes; the floor keeps them out - measured on
+    hand-written look-alikes, see the module docstring.
     While the union of flags exceeds the budget, the cluster flagging the most benign prompts is raised
     just above its lowest flagged score. Budget thus goes where benign prompts resemble a cluster instead
     of an equal split that would hold most clusters far above where they need to be.
     """
-    thr = np.broadcast_to(np.asarray(min_threshold, dtype=np.float64), (len(ids),)).copy()
+    thr = np.array(floors, dtype=np.float64)
     budget = int(np.floor(target_fpr * len(scores)))
     while True:
         hits = scores >= thr
