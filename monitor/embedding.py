@@ -137,16 +137,22 @@ class Embedder:
         return result
 
 
-def configured_embedder(model_dir: str | Path | None = None, **options: Any) -> Embedder:
-    """The embedder the sidecar would load: ``Settings.model_dir`` and ``Settings.embedding_onnx_file``
-    (``$FRAMEWATCH_MODEL_DIR``, ``$FRAMEWATCH_EMBEDDING_ONNX_FILE`` or the ``$FRAMEWATCH_CONFIG`` file).
+def configured_embedder(model_dir: str | Path | None = None, *, settings: Settings | None = None,
+                        **options: Any) -> Embedder:
+    """The embedder the sidecar loads: ``Settings.model_dir``, ``embedding_onnx_file``, ``embedding_max_tokens``,
+    ``embedding_batch_size``, ``embedding_cache_size`` and ``onnx_threads`` (``$FRAMEWATCH_*`` or the
+    ``$FRAMEWATCH_CONFIG`` file); ``options`` override them (``Embedder.load`` keywords).
 
-    The offline commands (calibrate, eval-framing, detect, audit) load through this so that thresholds are
-    calibrated, and accuracy measured, with the same model file the running sidecar embeds with.
-    Raises :class:`~monitor.settings.SettingsError` for a bad setting.
+    The sidecar and the offline commands (calibrate, eval-framing, detect, audit) all load through this, so
+    thresholds are calibrated, and accuracy measured, with the model file and truncation the running sidecar
+    embeds with. Raises :class:`~monitor.settings.SettingsError` for a bad setting.
     """
-    settings = Settings.load()
-    return Embedder.load(model_dir or settings.model_dir, onnx_file=settings.embedding_onnx_file, **options)
+    settings = settings or Settings.load()
+    kwargs: dict[str, Any] = {"onnx_file": settings.embedding_onnx_file, "cache_size": settings.embedding_cache_size,
+                              "threads": settings.onnx_threads, "batch_size": settings.embedding_batch_size,
+                              "max_tokens": settings.embedding_max_tokens}
+    kwargs.update(options)
+    return Embedder.load(model_dir or settings.model_dir, **kwargs)
 
 
 def _key(text: str) -> bytes:

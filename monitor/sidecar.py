@@ -13,7 +13,7 @@ from prometheus_client import disable_created_metrics
 from monitor import registry as registry_mod
 from monitor.api import create_app
 from monitor.consumer import SidecarConsumer
-from monitor.embedding import Embedder
+from monitor.embedding import configured_embedder
 from monitor.events import Limits
 from monitor.framing import FramingDetector
 from monitor.logs import get_logger
@@ -68,10 +68,7 @@ class Sidecar:
 def build(settings: Settings) -> Sidecar:
     disable_created_metrics()
     metrics = Metrics(model_allowlist=settings.model_allowlist)
-    embedder = Embedder.load(settings.model_dir, onnx_file=settings.embedding_onnx_file,
-                             cache_size=settings.embedding_cache_size,
-                             threads=settings.onnx_threads, batch_size=settings.embedding_batch_size,
-                             max_tokens=settings.embedding_max_tokens)
+    embedder = configured_embedder(settings=settings)
     registry_path = Path(settings.registry_path) if settings.registry_path else DEFAULT_REGISTRY
     registry = registry_mod.load_registry(registry_path)
     detector = FramingDetector(registry, embedder)

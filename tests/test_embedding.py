@@ -133,6 +133,11 @@ def test_offline_commands_load_the_configured_model_file(monkeypatch: pytest.Mon
     assert configured_embedder(cache_size=0).model_file == "model.int8.onnx"
     monkeypatch.setenv("FRAMEWATCH_EMBEDDING_ONNX_FILE", "model.onnx")
     assert configured_embedder(cache_size=0).model_file == "model.onnx"
+    # the sidecar's truncation too: a different max_tokens gives different vectors for long texts
+    monkeypatch.setenv("FRAMEWATCH_EMBEDDING_MAX_TOKENS", "16")
+    short = configured_embedder(cache_size=0)
+    assert short.tokenizer.truncation["max_length"] == 16
+    assert configured_embedder(cache_size=0, max_tokens=32).tokenizer.truncation["max_length"] == 32
     monkeypatch.setenv("FRAMEWATCH_ONNX_THREADS", "two")
     with pytest.raises(SettingsError, match="FRAMEWATCH_ONNX_THREADS"):
         configured_embedder()

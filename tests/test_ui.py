@@ -2,11 +2,14 @@
 
 After real traffic through a real broker: the page loads from the sidecar (assets shipped in the package, no
 CDN), shows a registry cluster with non-zero counts and the emerging candidate, and a click on "Promote"
-(answering the token prompt) adds a cluster to the registry. Saves docs/triage.png for the docs.
+(answering the token prompt) adds a cluster to the registry. With ``FRAMEWATCH_UPDATE_SCREENSHOT=1`` it saves
+the page to docs/triage.png for the docs; otherwise to the test's temporary directory (a test run leaves
+the working tree as it was).
 """
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from collections.abc import Iterator
@@ -35,7 +38,7 @@ from tests.test_triage import (
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOT = REPO / "docs" / "triage.png"
+DOCS_SCREENSHOT = REPO / "docs" / "triage.png"
 
 pytestmark = [
     pytest.mark.broker, needs_model, needs_classifier,
@@ -75,7 +78,8 @@ def test_triage_page_shows_clusters_and_promotes_a_candidate(broker: LocalBroker
                 card.wait_for()
                 assert PIRATE in (card.text_content() or "")
                 assert page.locator("#incidents tbody tr").count() > 0
-                page.screenshot(path=str(SCREENSHOT), full_page=True)
+                shot = DOCS_SCREENSHOT if os.environ.get("FRAMEWATCH_UPDATE_SCREENSHOT") else tmp_path / "triage.png"
+                page.screenshot(path=str(shot), full_page=True)
                 assert all(u.startswith(s.url) for u in requests), "the page must not load anything external"
 
                 page.once("dialog", lambda d: d.accept(ADMIN_TOKEN))
