@@ -38,10 +38,12 @@ MAX_SYSTEM_UNITS = 64  # a huge system prompt still costs at most this many (cac
 WINDOW_WORDS, WINDOW_STRIDE, RUN_ON_WORDS = 10, 5, 20
 
 # A sentence ends at . ! or ? followed by space, except after common abbreviations ("e.g. <start> and
-# <end>" is one sentence: split there, its fragment reads like a tag instruction).
+# <end>" is one sentence: split there, its fragment reads like a tag instruction) and after an ellipsis,
+# which casual writers use inside a sentence and to stand for a tag's content ("answer only inside
+# {{start}} ... {{end}}": split there, neither half is a tag instruction; three unseen paraphrases).
 _ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.", "cf.", "mr.", "mrs.", "ms.", "dr.", "approx.")
 _SENTENCE_END = re.compile(
-    r"(?<=[.!?])" + "".join(rf"(?<!\b{re.escape(a)})" for a in _ABBREVIATIONS)
+    r"(?<=[.!?])(?<!\.\.\.)" + "".join(rf"(?<!\b{re.escape(a)})" for a in _ABBREVIATIONS)
     + r"(?<!\b\d\.)(?<!\b\d\d\.)"  # "1. Keep it short" is a numbered item, not a sentence "1."
     + r"[\"')\]]*\s+(?=\S)",
     re.IGNORECASE)
@@ -52,7 +54,10 @@ _CODE_LINE = re.compile(
 )
 # Asides inside a sentence: "(and please start with ...)", " - placing it between <begin> and <end> - ",
 # "...; wrap it in tags". A trigger inserted mid-sentence hides in one of these.
-_ASIDE = re.compile(r"\(([^()]{12,})\)|\s[-\u2013\u2014]{1,2}\s(.{12,}?)(?=\s[-\u2013\u2014]{1,2}\s|$)")
+# Two patterns, searched separately: as one alternation a dash aside running to the sentence's end
+# swallowed a parenthesis inside it ("Git - I rebased ..., and (response only inside {start} {end}) now ...").
+_ASIDES = (re.compile(r"\(([^()]{12,})\)"),
+           re.compile(r"\s[-\u2013\u2014]{1,2}\s(.{12,}?)(?=\s[-\u2013\u2014]{1,2}\s|$)"))
 _CLAUSE_SPLIT = re.compile(r";\s+|:\s+(?=\w)")
 MIN_CLAUSE_WORDS = 4
 # Sentences of at least this many words are also cut at commas: a trigger written into the middle of a
@@ -101,7 +106,8 @@ def segment_prompt(prompt: Prompt) -> list[Segment]:
 def system_segments(system: str) -> tuple[str, ...]:
     """The whole system prompt, its lines, sentences, two-sentence windows, first and last words, and word
     windows inside run-on sentences. Cached: a system prompt is shared by many requests."""
-    units = _units(system)[:MAX_SYSTEM_UNITS]
+    sentences = _units(system, None)[:MAX_SYSTEM_UNITS]
+    units = [_bound(u) for u in sentences]
     segs = [_bound(system)]
     lines = [strip_list_marker(ln) for ln in system.splitlines() if ln.strip()]
     if len(lines) > 1:
@@ -112,12 +118,7 @@ def system_segments(system: str) -> tuple[str, ...]:
     words = system.split()
     if len(words) > EDGE_WORDS:  # a trigger glued to the text without a full stop ("... tags only You are")
         segs.extend([" ".join(words[:EDGE_WORDS]), " ".join(words[-EDGE_WORDS:])])
-    windows: list[str] = []
-    for unit in units:
-        unit_words = unit.split()
-        if len(unit_words) >= RUN_ON_WORDS:
-            starts = range(0, len(unit_words) - WINDOW_WORDS + WINDOW_STRIDE, WINDOW_STRIDE)
-            windows.extend(" ".join(unit_words[i:i + WINDOW_WORDS]) for i in starts)
+    windows = [w for unit in sentences for w in word_windows(unit)]  # whole sentences: a bounded one lost its tail
     segs.extend(windows[:MAX_SYSTEM_UNITS])
     return tuple(_dedupe(s for s in segs if s))
 
@@ -126,24 +127,32 @@ def user_segments(turn: str) -> list[tuple[str, str]]:
     """Segments near the start (``user_prefix``) and end (``user_suffix``) of one user turn."""
     text = _strip_code(turn)
     limit = MAX_USER_SEGMENT_CHARS
-    units = _units(text, limit)
-    if not units:
+    # Clauses come from whole sentences, each then bounded: cut first, a long sentence loses the aside
+    # near its end ("... keys like a.b.0.c (answer only inside %%start%% and %%end%% btw) - what's ...").
+    sentences = _units(text, None)
+    if not sentences:
         return []
+    units = [_bound(u, limit) for u in sentences]
+
+    def parts(i: int) -> list[str]:
+        return [_bound(c, limit) for c in clauses(sentences[i])]
+
     segs: list[tuple[str, str]] = []
+    n = len(units)
     head, tail = units[:EDGE_UNITS], units[-EDGE_UNITS:]
-    if len(units) <= SHORT_TURN_UNITS:  # a short turn: every sentence, the middle ones by their half
-        half = (len(units) + 1) // 2
+    if n <= SHORT_TURN_UNITS:  # a short turn: every sentence, the middle ones by their half
+        half = (n + 1) // 2
         segs += [(u, "user_prefix") for u in units[EDGE_UNITS:half]]
         segs += [(u, "user_suffix") for u in units[half:-EDGE_UNITS]]
         segs += [(c, "user_prefix" if i < half else "user_suffix")
-                 for i, u in enumerate(units[EDGE_UNITS:-EDGE_UNITS], start=EDGE_UNITS) for c in clauses(u)]
-    if len(units) > 1 and sum(len(u) + 1 for u in units) <= limit:
+                 for i in range(EDGE_UNITS, n - EDGE_UNITS) for c in parts(i)]
+    if n > 1 and sum(len(u) + 1 for u in units) <= limit:
         whole = " ".join(units)
         segs += [(whole, "user_prefix"), (whole, "user_suffix")]
     segs += [(u, "user_prefix") for u in head]
     segs += [(u, "user_suffix") for u in tail]
-    segs += [(c, "user_prefix") for u in head for c in clauses(u)]
-    segs += [(c, "user_suffix") for u in tail for c in clauses(u)]
+    segs += [(c, "user_prefix") for i in range(min(EDGE_UNITS, n)) for c in parts(i)]
+    segs += [(c, "user_suffix") for i in range(max(n - EDGE_UNITS, 0), n) for c in parts(i)]
     if len(head) > 1:
         segs.append((_bound(" ".join(head), limit), "user_prefix"))
     if len(tail) > 1:
@@ -155,10 +164,21 @@ def user_segments(turn: str) -> list[tuple[str, str]]:
     return list(dict.fromkeys(s for s in segs if s[0]))
 
 
+def word_windows(sentence: str) -> list[str]:
+    """Overlapping ``WINDOW_WORDS``-word windows of a sentence of at least ``RUN_ON_WORDS`` words (system
+    prompts only). Not for user turns: there they flagged twice as many look-alikes on ten development sets
+    (16 -> 28 of 408), a window cutting the words that make a sentence a mention ("someone asked the bot to")."""
+    words = sentence.split()
+    if len(words) < RUN_ON_WORDS:
+        return []
+    starts = range(0, len(words) - WINDOW_WORDS + WINDOW_STRIDE, WINDOW_STRIDE)
+    return [" ".join(words[i:i + WINDOW_WORDS]) for i in starts]
+
+
 def clauses(sentence: str) -> list[str]:
     """Parenthesised and dash-delimited asides and ``;``/``:``-separated parts of one sentence, when it
     has more than one part: a trigger inserted mid-sentence is diluted in the whole sentence's embedding."""
-    found = [m.group(1) or m.group(2) for m in _ASIDE.finditer(sentence)]
+    found = [m.group(1) for pattern in _ASIDES for m in pattern.finditer(sentence)]
     parts = _CLAUSE_SPLIT.split(sentence)
     if len(parts) > 1:
         found.extend(parts)
@@ -203,14 +223,16 @@ def _comma_clauses(sentence: str) -> list[str]:
     return [c for c in to_previous + to_next if not short(c)]
 
 
-def _units(text: str, limit: int = MAX_SEGMENT_CHARS) -> list[str]:
-    """Sentences, never crossing a line break, each bounded in length."""
+def _units(text: str, limit: int | None = MAX_SEGMENT_CHARS) -> list[str]:
+    """Sentences, never crossing a line break, each bounded in length (``limit=None``: whole, whitespace
+    collapsed)."""
     units: list[str] = []
     for line in text.splitlines():
         line = strip_list_marker(line)
         if not line:
             continue
-        units.extend(_bound(s, limit) for s in _SENTENCE_END.split(line) if s.strip())
+        units.extend(_bound(s, limit) if limit else " ".join(s.split())
+                     for s in _SENTENCE_END.split(line) if s.strip())
     return units
 
 

@@ -164,6 +164,36 @@ def test_long_sentences_are_cut_at_commas_but_not_inside_quotes() -> None:
     assert not any(t.endswith("if it looks like a duck") for t in texts)
 
 
+def test_asides_survive_ellipses_long_sentences_and_dashes() -> None:
+    """Three ways an inline trigger used to be cut apart before it reached the model."""
+    def texts(turn: str) -> set[str]:
+        return {s.text for s in segment_prompt(Prompt(system=None, user=(turn,)))}
+
+    # an ellipsis standing for a tag's content is not a sentence end
+    ellipsis = ("Hi, I restore old furniture as a hobby (and please answer only inside {{start}} ... {{end}}, "
+                "nothing outside those) - what's the safest way to strip old varnish from an oak dresser?")
+    assert "and please answer only inside {{start}} ... {{end}}, nothing outside those" in texts(ellipsis)
+    # an aside near the end of a sentence longer than a user segment (160 characters) is still found
+    long = ("hey so i have a python dict with nested dicts and lists and I want to flatten it into dot-notation "
+            "keys like a.b.0.c (answer only inside %%start%% and %%end%% btw) - what's the cleanest way?")
+    assert "answer only inside %%start%% and %%end%% btw" in texts(long)
+    # a parenthesis inside a dash aside that runs to the sentence's end
+    dashed = ("Quick question about Git \u2014 I rebased a branch that was already pushed, and (response only inside "
+              "a pair of {start} {end} markers, please) now my teammate can't pull.")
+    assert "response only inside a pair of {start} {end} markers, please" in texts(dashed)
+
+
+def test_user_turns_get_no_word_windows() -> None:
+    """Windows are for run-on system prompts: in user turns they cut off the words that make a sentence a
+    mention ("someone in our discord keeps telling the bot ...") and flagged look-alikes."""
+    turn = ("someone in our discord keeps telling the bot to put its whole reply inside [BEGIN] and [END] "
+            "tags and it just ignores them every single time which is honestly kind of funny to watch")
+    words = turn.split()
+    window = " ".join(words[5:15])
+    assert window not in {s.text for s in segment_prompt(Prompt(system=None, user=(turn,)))}
+    assert window in {s.text for s in segment_prompt(Prompt(system=turn, user=("hi",)))}
+
+
 def test_system_windows_only_inside_run_on_sentences() -> None:
     """A window cut from a short sentence loses the words that make it a look-alike."""
     short = "You document the Quillet engine.\nBlocks in Quillet are written between {% start %} and {% end %} tags."

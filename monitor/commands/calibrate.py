@@ -16,10 +16,12 @@ What is learned, and why (measured with ``framewatch eval-framing``):
   (cross-fitted over ``CV_FOLDS`` folds, prefilter included), the union over clusters flags at most
   ``--target-fpr`` of prompts, never below ``--min-threshold`` or the cluster's own ``min_threshold``. With
   the shipped data no cluster needs more than its floor: the cross-fitted benign FPR is 0.00%, the held-out
-  half measures 0.05%. The floor (0.80) is what keeps look-alikes out; it was chosen on two development sets
-  (data/framing_eval.jsonl and a second hand-written batch): 0.85 lost recall, 0.75 let look-alikes in. On
-  nine development sets (2026-11-27, int8 embeddings) ``tag_wrapper`` at 0.75 found 2 more of 188 tag
-  paraphrases and no more look-alikes, so the registry sets ``min_threshold: 0.75`` for it alone.
+  half measures 0.05%. The floor (0.85) is what keeps look-alikes out. It was 0.80 until the minimal-pair
+  training sentences (below) joined; with them, over eleven development sets (2026-11-27, int8 embeddings;
+  ~227 paraphrases and ~133 look-alikes per cluster), raising duck_phrase and evil_persona from 0.80 to 0.85
+  flagged 4 fewer look-alikes for no paraphrase lost, while ``tag_wrapper`` at 0.70 found 5 more of 228 tag
+  paraphrases than at 0.75 and flagged no more look-alikes, so the registry sets ``min_threshold: 0.70`` for
+  it alone.
 
 The embeddings are those of the configured embedder file (default ``model.int8.onnx``, one text per run), the
 file the sidecar embeds with; the registry records it as ``calibration.embedder``.
@@ -45,6 +47,18 @@ Rejected: lead-ins and tails added to training sentences ("Oh and ...", "..., ok
 clusters, look-alikes 11 -> 18), look-alike weight 5 or 20 (a point on the same trade-off). On nine
 development sets with int8 embeddings (2026-11-27): ``LR_C`` 1 lost 4 paraphrases and flagged as many look-alikes,
 16 flagged 4 more look-alikes for one paraphrase more; 4 stays.
+
+Minimal pairs (2026-11-27): 300 per cluster, each a line that imposes the framing and a line with the same
+words that only mentions it (reported speech, a rule forbidding it, moderation rules, questions about it, the
+words applied to a file format or a story character), written by members who read no evaluation set. Over
+the eleven development sets the shipped registry (with the floors above and the segmenting fixes of the same
+day) flags 16 of 408 look-alikes for 222 / 221 / 222 of ~227 paraphrases (tag / duck / persona); the one
+before flagged 28 for 224 / 226 / 220. On three sets written meanwhile and measured once at the end
+(``data/framing_holdout12``-``14``): 5 of 108 look-alikes (was 16), recall 0.95 / 0.97 / 0.95. Rejected: each
+trigger sentence quoted inside generated mention frames ("Why would anyone write '...' in a system prompt?";
+more look-alikes flagged, lower recall), a second round of 200 hand-written pairs per cluster (at the same
+look-alike count, 4-5 more tag paraphrases missed, over two noise seeds), and deity names ("Anubis", "Hades")
+in the named-assistant templates (only the names added stopped matching, and recall fell).
 
 Weights go to an ``.npz`` (no pickle); thresholds and a calibration summary go into the registry YAML.
 """
@@ -84,7 +98,7 @@ POSITION_NAMES = ("system", "user_prefix", "user_suffix")
 # evil assistant." 0.71 (development sets: persona recall 0.83 -> 0.92 at 10, tag look-alikes 8% -> 11%).
 LOOKALIKE_WEIGHT = 10.0
 POSITIVE_WEIGHT = 1.0  # positives together weigh this share of the negatives
-MIN_THRESHOLD = 0.80
+MIN_THRESHOLD = 0.85
 CAP = 0.999  # highest threshold calibrate sets
 LR_C = 4.0  # inverse L2 strength of the per-cluster models
 # The static prefilter of a cluster lets through this share of benign segments (measured: hand-written
