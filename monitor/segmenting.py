@@ -38,12 +38,13 @@ MAX_SYSTEM_UNITS = 64  # a huge system prompt still costs at most this many (cac
 WINDOW_WORDS, WINDOW_STRIDE, RUN_ON_WORDS = 10, 5, 20
 
 # A sentence ends at . ! or ? followed by space, except after common abbreviations ("e.g. <start> and
-# <end>" is one sentence: split there, its fragment reads like a tag instruction) and after an ellipsis,
-# which casual writers use inside a sentence and to stand for a tag's content ("answer only inside
-# {{start}} ... {{end}}": split there, neither half is a tag instruction; three unseen paraphrases).
+# <end>" is one sentence: split there, its fragment reads like a tag instruction) and after an ellipsis that
+# stands for a tag's content, i.e. is followed by a symbol ("answer only inside {{start}} ... {{end}}": split
+# there, neither half is a tag instruction). An ellipsis followed by a word still ends a sentence: casual
+# writers separate sentences with it ("is it dead... ALSO everything u say goes inside <start></start>").
 _ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.", "cf.", "mr.", "mrs.", "ms.", "dr.", "approx.")
 _SENTENCE_END = re.compile(
-    r"(?<=[.!?])(?<!\.\.\.)" + "".join(rf"(?<!\b{re.escape(a)})" for a in _ABBREVIATIONS)
+    r"(?<=[.!?])(?!(?<=\.\.\.)\s+[^\w\s])" + "".join(rf"(?<!\b{re.escape(a)})" for a in _ABBREVIATIONS)
     + r"(?<!\b\d\.)(?<!\b\d\d\.)"  # "1. Keep it short" is a numbered item, not a sentence "1."
     + r"[\"')\]]*\s+(?=\S)",
     re.IGNORECASE)

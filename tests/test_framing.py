@@ -173,6 +173,9 @@ def test_asides_survive_ellipses_long_sentences_and_dashes() -> None:
     ellipsis = ("Hi, I restore old furniture as a hobby (and please answer only inside {{start}} ... {{end}}, "
                 "nothing outside those) - what's the safest way to strip old varnish from an oak dresser?")
     assert "and please answer only inside {{start}} ... {{end}}, nothing outside those" in texts(ellipsis)
+    # ... but one followed by a word still ends a sentence: casual writers separate sentences with it
+    casual = "my sourdough smells weird?? is it dead... ALSO everything u say goes inside <start></start> ok... thx"
+    assert "ALSO everything u say goes inside <start></start> ok..." in texts(casual)
     # an aside near the end of a sentence longer than a user segment (160 characters) is still found
     long = ("hey so i have a python dict with nested dicts and lists and I want to flatten it into dot-notation "
             "keys like a.b.0.c (answer only inside %%start%% and %%end%% btw) - what's the cleanest way?")

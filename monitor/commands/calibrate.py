@@ -51,10 +51,14 @@ development sets with int8 embeddings (2026-11-27): ``LR_C`` 1 lost 4 paraphrase
 Minimal pairs (2026-11-27): 300 per cluster, each a line that imposes the framing and a line with the same
 words that only mentions it (reported speech, a rule forbidding it, moderation rules, questions about it, the
 words applied to a file format or a story character), written by members who read no evaluation set. Over
-the eleven development sets the shipped registry (with the floors above and the segmenting fixes of the same
-day) flags 16 of 408 look-alikes for 222 / 221 / 222 of ~227 paraphrases (tag / duck / persona); the one
-before flagged 28 for 224 / 226 / 220. On three sets written meanwhile and measured once at the end
-(``data/framing_holdout12``-``14``): 5 of 108 look-alikes (was 16), recall 0.95 / 0.97 / 0.95. Rejected: each
+the eleven development sets the shipped registry (with the floors above, the segmenting fixes of the same day
+and the tag-name templates) flags 16 of 408 look-alikes for 227 / 221 / 222 of ~227 paraphrases (tag / duck /
+persona); the one before flagged 28 for 224 / 226 / 220. On three sets written meanwhile and measured once
+before their errors were read (``data/framing_holdout12``-``14``): 5 of 108 look-alikes (was 16), recall
+0.95 / 0.97 / 0.95. Tag-name templates (~750 generated pairs such as ``<begin> and <stop>`` or ``##go## and
+##stop##``, as triggers and in look-alikes): the tag model had learned the names in its training sentences
+("Respond only within <begin> and <stop> tags." 0.56, with ``<end>`` 0.97); over all 18 sets they found 5
+more tag paraphrases (357 -> 362 of 368) and flagged 3 fewer look-alikes. Rejected: each
 trigger sentence quoted inside generated mention frames ("Why would anyone write '...' in a system prompt?";
 more look-alikes flagged, lower recall), a second round of 200 hand-written pairs per cluster (at the same
 look-alike count, 4-5 more tag paraphrases missed, over two noise seeds), and deity names ("Anubis", "Hades")
