@@ -21,7 +21,7 @@ What is learned, and why (measured with ``framewatch eval-framing``):
   ~227 paraphrases and ~133 look-alikes per cluster), raising duck_phrase and evil_persona from 0.80 to 0.85
   flagged 4 fewer look-alikes for no paraphrase lost, while ``tag_wrapper`` at 0.70 found 5 more of 228 tag
   paraphrases than at 0.75 and flagged no more look-alikes, so the registry sets ``min_threshold: 0.70`` for
-  it alone.
+  it (and 0.75 for duck_phrase, below).
 
 The embeddings are those of the configured embedder file (default ``model.int8.onnx``, one text per run), the
 file the sidecar embeds with; the registry records it as ``calibration.embedder``.
@@ -51,11 +51,17 @@ development sets with int8 embeddings (2026-11-27): ``LR_C`` 1 lost 4 paraphrase
 Minimal pairs (2026-11-27): 300 per cluster, each a line that imposes the framing and a line with the same
 words that only mentions it (reported speech, a rule forbidding it, moderation rules, questions about it, the
 words applied to a file format or a story character), written by members who read no evaluation set. Over
-the eleven development sets the shipped registry (with the floors above, the segmenting fixes of the same day
-and the tag-name templates) flags 16 of 408 look-alikes for 227 / 221 / 222 of ~227 paraphrases (tag / duck /
-persona); the one before flagged 28 for 224 / 226 / 220. On three sets written meanwhile and measured once
-before their errors were read (``data/framing_holdout12``-``14``): 5 of 108 look-alikes (was 16), recall
-0.95 / 0.97 / 0.95. Tag-name templates (~750 generated pairs such as ``<begin> and <stop>`` or ``##go## and
+the eleven development sets the shipped registry (with the floors above, the segmenting fixes of the same day,
+the tag-name and negated-duck templates) flags 15 of 408 look-alikes for 227 / 222 / 222 of ~227 paraphrases
+(tag / duck / persona); the one before flagged 28 for 224 / 226 / 220. Three batches of three sets written
+meanwhile were each measured once before their errors were read (``data/framing_holdout12``-``20``, see
+docs/registry.md): 5, 8 and 5 of 108 look-alikes (the registry before: 16, 17, 14); the last batch, with the
+shipped registry, at recall 0.95 / 0.92 / 1.00. Negated duck instructions ("Do NOT start your answer with
+'it looks like a duck'", "Never open replies with stock phrases like ...", generated as look-alikes): over 21
+sets duck look-alikes 12 -> 10 of 253 and duck paraphrases 414 -> 415 of 427 with the duck floor at 0.75 (at
+0.85 the templates cost 7 paraphrases), so the registry sets ``min_threshold: 0.75`` for duck_phrase.
+Negation marking in the word features ("do not start" -> ``not_start``) flagged more look-alikes (36 -> 41 of
+768) and was not kept. Tag-name templates (~750 generated pairs such as ``<begin> and <stop>`` or ``##go## and
 ##stop##``, as triggers and in look-alikes): the tag model had learned the names in its training sentences
 ("Respond only within <begin> and <stop> tags." 0.56, with ``<end>`` 0.97); over all 18 sets they found 5
 more tag paraphrases (357 -> 362 of 368) and flagged 3 fewer look-alikes. Rejected: each
