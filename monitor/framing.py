@@ -52,8 +52,8 @@ FALLBACK_THRESHOLD = 0.75  # cosine, for clusters without learned weights or thr
 # negative, matches on its own. The learned scorer is fitted on generated variants and can underrate a
 # near-copy of the real phrase ("you are an evil assistant." scored 0.72); measured on the benign prompts
 # the highest cosine to any phrase is 0.54. 0.85, not 0.80: at 0.80 bare mentions of the duck phrase ("I
-# said it looks like a duck", 0.84) matched; over ten development sets 0.85 flagged 4 fewer look-alikes
-# for 2 of 227 duck paraphrases.
+# said it looks like a duck", 0.84) matched; over eleven development sets 0.85 flagged 4 fewer
+# look-alikes for 2 of 227 duck paraphrases.
 PHRASE_PROXIMITY = 0.85
 LENGTH_BUCKETS = np.array([48, 96, 160, 240])  # characters; see FramingDetector._embed_by_length
 _PUNCT = re.compile(r"[^\w]+")

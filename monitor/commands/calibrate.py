@@ -15,8 +15,8 @@ What is learned, and why (measured with ``framewatch eval-framing``):
 * per cluster, a **threshold** on the transformer score such that, on the benign reference prompts
   (cross-fitted over ``CV_FOLDS`` folds, prefilter included), the union over clusters flags at most
   ``--target-fpr`` of prompts, never below ``--min-threshold`` or the cluster's own ``min_threshold``. With
-  the shipped data no cluster needs more than its floor: the cross-fitted benign FPR is 0.00%, the held-out
-  half measures 0.05%. The floor (0.85) is what keeps look-alikes out. It was 0.80 until the minimal-pair
+  the shipped data no cluster needs more than its floor: the cross-fitted benign FPR is 0.05%, the held-out
+  half measures 0.10%. The floor (0.85) is what keeps look-alikes out. It was 0.80 until the minimal-pair
   training sentences (below) joined; with them, over eleven development sets (2026-11-27, int8 embeddings;
   ~227 paraphrases and ~133 look-alikes per cluster), raising duck_phrase and evil_persona from 0.80 to 0.85
   flagged 4 fewer look-alikes for no paraphrase lost, while ``tag_wrapper`` at 0.70 found 5 more of 228 tag
