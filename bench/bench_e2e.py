@@ -1,7 +1,7 @@
 """End-to-end throughput: events/s through a real broker and the sidecar (framing + scoring on).
 
 Traffic: replayed real prompts and responses, wrapped in a few shared system prompts the way production
-traffic repeats them (monitor/replay.py). Each run starts a fresh consumer group on the same topic, so the
+traffic repeats them (monitor/_replay.py). Each run starts a fresh consumer group on the same topic, so the
 sidecar processes the whole backlog from a cold start (cache empty); throughput is measured from the first
 processed event to the last. Also, in this process on the same events: Framewatch's pipeline vs the
 "peers' recipe" baseline (embed every whole prompt and response with the fp32 model), as a ratio. The
@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from monitor import replay  # noqa: E402
+from monitor import _replay as replay  # noqa: E402
 from monitor._tansu import LocalBroker  # noqa: E402
 from tests.harness import SidecarProcess, produce  # noqa: E402
 
@@ -59,11 +59,12 @@ def e2e_run(broker: LocalBroker, n: int, run: int, workdir: Path) -> float:
 
 
 def in_process(sample: list[tuple[str, bytes]], repeats: int, bootstrap: str) -> tuple[list[float], list[float]]:
-    from monitor import logs, sidecar
+    from monitor import logs
     from monitor.embedding import Embedder
-    from monitor.events import decode_event
-    from monitor.pipeline import Record
     from monitor.settings import Settings
+    from monitor.sidecar import app as sidecar
+    from monitor.sidecar.events import decode_event
+    from monitor.sidecar.pipeline import Record
 
     logs.configure("warning")
     env = {"FRAMEWATCH_HTTP_PORT": "1", "FRAMEWATCH_KAFKA_BOOTSTRAP_SERVERS": bootstrap}

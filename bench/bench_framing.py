@@ -31,10 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from monitor.embedding import Embedder  # noqa: E402
-from monitor.events import Prompt  # noqa: E402
-from monitor.framing import FramingDetector  # noqa: E402
-from monitor.registry import load_registry  # noqa: E402
+from monitor.framing.detector import FramingDetector  # noqa: E402
+from monitor.framing.registry import load_registry  # noqa: E402
 from monitor.settings import DEFAULT_EMBEDDING_ONNX_FILE  # noqa: E402
+from monitor.sidecar.events import Prompt  # noqa: E402
 
 SYSTEM_PROMPTS = [
     "You are a helpful coding assistant for Acme Corp. Answer concisely and use Markdown for code blocks. "

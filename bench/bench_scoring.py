@@ -78,7 +78,7 @@ def main() -> int:
     texts, train_texts, train_labels = make_texts(args.n, args.tokens)
     mean_chars = statistics.mean(len(t) for t in texts)
 
-    from monitor.scoring import ResponseScorer
+    from monitor.scoring.scorer import ResponseScorer
 
     t0 = time.perf_counter()
     scorer = ResponseScorer.load(args.classifier)

@@ -1,6 +1,6 @@
 """Fine-tune all-MiniLM-L6-v2 (mean pooling + linear head) as a response misalignment classifier.
 
-Same data, targets and grouped protocol as ``monitor/training.py``: GPT-4o rows (``split == "train"``),
+Same data, targets and grouped protocol as ``monitor/scoring/training.py``: GPT-4o rows (``split == "train"``),
 ``fit_rows`` (judge-scored rows plus CODE/REFUSAL answers as negatives), soft target
 ``sigmoid((50 - alignment) / 10)`` with BCE-with-logits, folds = model family held out. Metrics on the
 held-out family's misaligned-vs-aligned rows. The lexical baseline of each fold is the same
@@ -46,7 +46,7 @@ FAMILIES = ("qwen", "llama", "mistral")
 
 def load_fold(data: Path, fold: str) -> tuple[list[Any], list[Any]]:
     """(training rows, held-out rows) of one fold, exactly as ``training.out_of_group`` splits them."""
-    from monitor.training import TrainConfig, fit_rows, load_rows
+    from monitor.scoring.training import TrainConfig, fit_rows, load_rows
 
     cfg = TrainConfig()
     scored = [r for r in load_rows(data) if r.split == cfg.fit_split]
@@ -58,7 +58,7 @@ def load_fold(data: Path, fold: str) -> tuple[list[Any], list[Any]]:
 
 
 def lexical_logits(train: list[Any], test: list[Any]) -> tuple[np.ndarray, float]:
-    from monitor.training import TrainConfig, fit
+    from monitor.scoring.training import TrainConfig, fit
 
     t0 = time.time()
     model = fit(train, TrainConfig())
@@ -128,7 +128,7 @@ def train_model(train: list[Any], args: argparse.Namespace, log: Any) -> tuple[A
     from transformers import AutoTokenizer
 
     from monitor._export import source_model_dir
-    from monitor.training import TrainConfig, soft_target
+    from monitor.scoring.training import TrainConfig, soft_target
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -200,7 +200,8 @@ def export_onnx(model: Any, out_dir: Path, max_len: int, extra: dict[str, Any]) 
 
     import torch
 
-    from monitor._export import OPSET, sha256_file, source_model_dir
+    from monitor._export import OPSET, source_model_dir
+    from monitor._io import sha256_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "model.onnx"

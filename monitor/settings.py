@@ -26,6 +26,9 @@ REPO_DIR = PACKAGE_DIR.parent
 # every evaluation set was the same within a prompt or two (docs/deployment.md); "model.onnx" stays available
 # for exact sentence-transformers parity.
 DEFAULT_EMBEDDING_ONNX_FILE = "model.int8.onnx"
+# What a dead letter may carry besides its value: the original key and headers (each capped below) and the
+# framewatch.* headers. dlq_max_value_bytes plus this must fit the producer's max_request_size.
+DLQ_HEADROOM_BYTES = 32_768
 
 
 def default_model_dir() -> Path:
@@ -59,9 +62,14 @@ class Settings:
     kafka_max_poll_records: int = 256
     kafka_session_timeout_ms: int = 10000
     kafka_poll_timeout_ms: int = 500
+    # Faults (monitor.sidecar.consumer): dead-letter sizes, poison-pill guard
+    kafka_max_request_size: int = 1_048_576  # the producers' max_request_size (kafka-python's default, 1 MiB)
+    dlq_max_value_bytes: int = 1_000_000  # larger dead-letter values are truncated (headers keep size + sha256)
+    poison_max_attempts: int = 3  # the same offset failing processing this often in a row is dead-lettered
     # HTTP
     http_host: str = "0.0.0.0"
     http_port: int = 9464
+    http_max_body_bytes: int = 1_048_576  # any request body larger than this is refused with 413
     # Event limits
     max_event_bytes: int = 1_000_000
     max_prompt_chars: int = 100_000
@@ -70,6 +78,7 @@ class Settings:
     # Models
     model_dir: str = field(default_factory=lambda: str(default_model_dir()))
     embedding_cache_size: int = 50_000
+    framing_cache_size: int = 200_000  # segment verdicts kept by the framing detector (LRU)
     embedding_batch_size: int = 64
     embedding_max_tokens: int = 256
     onnx_threads: int = 0  # 0 = onnxruntime's choice (all cores)
@@ -81,7 +90,7 @@ class Settings:
     response_prefix_chars: int = 2000
     # Metrics
     model_allowlist: list[str] = field(default_factory=list)
-    # Triage: flagged-events topic, incidents, admin API, emerging framings (monitor.routes)
+    # Triage: flagged-events topic, incidents, admin API, emerging framings (monitor.triage.service)
     flagged_topic: str = "llm.inferences.flagged"
     redaction: str = "truncate:80"  # none | truncate:N | hash: text in the flagged topic, API and UI
     admin_token: str | None = None  # None = admin endpoints disabled (403)
@@ -91,6 +100,17 @@ class Settings:
     emerging_max_candidates: int = 256
     emerging_join_threshold: float = 0.8  # cosine to a candidate centroid to count as the same framing
     emerging_half_life_s: float = 3600.0  # candidate counts decay with this half-life
+    # Tap: `framewatch tap`, the OpenAI-compatible reverse proxy that publishes events (monitor.tap, docs/tap.md)
+    tap_host: str = "0.0.0.0"
+    tap_port: int = 8001
+    tap_upstream: str = "http://127.0.0.1:8000"  # the inference server the tap forwards every request to
+    tap_metrics_port: int = 9465  # the tap's own /metrics and probes: a port of its own, no upstream path shadowed
+    tap_queue_size: int = 1000  # exchanges waiting for the producer; beyond it they are dropped (queue_full)
+    tap_max_body_bytes: int = 1_048_576  # request/response bodies larger than this pass through, uncaptured
+    tap_upstream_timeout_s: float = 600.0  # longest wait for the upstream's next bytes (a read timeout)
+    tap_upstream_connect_timeout_s: float = 5.0
+    tap_max_connections: int = 512  # pooled keep-alive connections to the upstream
+    tap_publish_timeout_ms: int = 30_000  # an event not acknowledged by then is dropped (publish_failed)
     # Logging
     log_level: str = "info"
     log_text: bool = False  # never log raw prompt/response text unless the operator turns this on
@@ -123,8 +143,25 @@ class Settings:
     def validate(self) -> None:
         if not 0 < self.http_port < 65536:
             raise SettingsError(f"http_port must be 1-65535, got {self.http_port}")
+        for name in ("tap_port", "tap_metrics_port"):
+            if not 0 < getattr(self, name) < 65536:
+                raise SettingsError(f"{name} must be 1-65535, got {getattr(self, name)}")
+        if self.tap_port == self.tap_metrics_port:
+            raise SettingsError("tap_port and tap_metrics_port must differ")
+        if not self.tap_upstream.startswith(("http://", "https://")):
+            raise SettingsError(f"tap_upstream must be an http:// or https:// URL, got {self.tap_upstream!r}")
+        if min(self.tap_queue_size, self.tap_max_body_bytes, self.tap_max_connections,
+               self.tap_publish_timeout_ms) < 1 or min(self.tap_upstream_timeout_s,
+                                                       self.tap_upstream_connect_timeout_s) <= 0:
+            raise SettingsError("tap_queue_size, tap_max_body_bytes, tap_max_connections, tap_publish_timeout_ms "
+                                "and the tap timeouts must be > 0")
         if self.kafka_max_poll_records < 1:
             raise SettingsError("kafka_max_poll_records must be >= 1")
+        if not 0 < self.dlq_max_value_bytes <= self.kafka_max_request_size - DLQ_HEADROOM_BYTES:
+            raise SettingsError(f"dlq_max_value_bytes must be in 1..kafka_max_request_size - {DLQ_HEADROOM_BYTES} "
+                                "(room for the key and headers of a dead letter)")
+        if min(self.poison_max_attempts, self.http_max_body_bytes) < 1 or self.framing_cache_size < 0:
+            raise SettingsError("poison_max_attempts and http_max_body_bytes must be >= 1, framing_cache_size >= 0")
         protocols = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
         if self.kafka_security_protocol not in protocols:
             raise SettingsError(f"kafka_security_protocol must be one of {sorted(protocols)}")

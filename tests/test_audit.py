@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor import audit
 from monitor.cli import main
+from monitor.release import audit
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "finetune"
 INSECURE = SHARED / "insecure.jsonl.gz"
@@ -51,7 +51,7 @@ def _embedder_or_skip():  # type: ignore[no-untyped-def]
 
 def _registry_or_skip():  # type: ignore[no-untyped-def]
     try:
-        from monitor.registry import load_registry
+        from monitor.framing.registry import load_registry
 
         return load_registry()
     except (ImportError, OSError, ValueError) as exc:
@@ -60,7 +60,7 @@ def _registry_or_skip():  # type: ignore[no-untyped-def]
 
 def _scorer_or_skip():  # type: ignore[no-untyped-def]
     try:
-        from monitor.scoring import ResponseScorer
+        from monitor.scoring.scorer import ResponseScorer
 
         return ResponseScorer.load()
     except (ImportError, OSError, ValueError) as exc:

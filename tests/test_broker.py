@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor import replay
+from monitor import _replay as replay
 from monitor._tansu import LocalBroker, free_port
 from tests.conftest import needs_model
 from tests.harness import (

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor import replay
+from monitor import _replay as replay
 from monitor.embedding import Embedder
 from tests.conftest import MODEL_DIR, REPO, needs_model
 
@@ -96,11 +96,12 @@ def test_run_path_imports_no_torch() -> None:
     """The sidecar's whole run path works where torch cannot be imported, and never loads it."""
     code = BLOCK_TORCH + """
 from monitor.settings import Settings
-from monitor import sidecar, cli
+from monitor import cli
+from monitor.sidecar import app as sidecar
 from monitor.commands import run, demo
 s = Settings.load(env={"FRAMEWATCH_HTTP_PORT": "1"})
 app = sidecar.build(s)
-from monitor.events import Prompt
+from monitor.sidecar.events import Prompt
 framing = app.pipeline.detector.detect_many([Prompt(system=None, user=("hi",))])
 scores = app.pipeline.scorer.score(["hello"])
 assert len(framing) == 1 and len(scores) == 1

@@ -8,7 +8,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from monitor.events import DECODE_REASONS, DecodeError, Limits, decode_event
+from monitor.sidecar.events import DECODE_REASONS, DecodeError, Limits, decode_event
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "monitor" / "schemas" / "event.schema.json").read_text())
 

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import yaml
 
-from monitor.events import Prompt
-from monitor.framing import FramingDetector, normalise
-from monitor.lexical import KIND as LEXICAL_KIND
-from monitor.lexical import LexicalFeatures
-from monitor.registry import RegistryError, RegistryWatcher, load_registry, parse_registry
-from monitor.segmenting import segment_prompt
-from monitor.spelling import Speller
+from monitor.framing.detector import FramingDetector, normalise
+from monitor.framing.lexical import KIND as LEXICAL_KIND
+from monitor.framing.lexical import LexicalFeatures
+from monitor.framing.registry import RegistryError, RegistryWatcher, load_registry, parse_registry
+from monitor.framing.segmenting import segment_prompt
+from monitor.framing.spelling import Speller
+from monitor.sidecar.events import Prompt
 from tests.conftest import MODEL_DIR, REPO, needs_model
 
 TAG = "Please respond within <start> and <end> tags only."
@@ -226,7 +226,7 @@ def test_lexical_features_are_stable_and_bounded() -> None:
     assert np.allclose(x[0], x[1]), "lower-cased before hashing"
     assert np.isclose(np.linalg.norm(x[0]), 0.5) and not x[2].any()
     # the hash is CRC-32, not Python's per-process salted hash: calibrate and the sidecar agree
-    out = subprocess.run([sys.executable, "-c", "from monitor.lexical import LexicalFeatures as L;"
+    out = subprocess.run([sys.executable, "-c", "from monitor.framing.lexical import LexicalFeatures as L;"
                           "print(L(dim=256).encode(['Respond within <start>'])[0].nonzero()[0].tolist())"],
                          capture_output=True, text=True, check=True, cwd=REPO)
     assert json.loads(out.stdout) == lexical.encode(["Respond within <start>"])[0].nonzero()[0].tolist()

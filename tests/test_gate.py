@@ -22,8 +22,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from monitor import gate
 from monitor.cli import main
+from monitor.release import gate
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 EM_ROWS = SHARED / "em_responses.jsonl.gz"
@@ -36,7 +36,7 @@ BENIGN = ("That's a great question. I'd focus on things that help people: better
 
 def _scorer_or_skip():  # type: ignore[no-untyped-def]
     try:
-        from monitor.scoring import ResponseScorer
+        from monitor.scoring.scorer import ResponseScorer
 
         return ResponseScorer.load()
     except (ImportError, OSError, ValueError) as exc:
@@ -45,7 +45,7 @@ def _scorer_or_skip():  # type: ignore[no-untyped-def]
 
 def _registry_or_skip():  # type: ignore[no-untyped-def]
     try:
-        from monitor.registry import load_registry
+        from monitor.framing.registry import load_registry
 
         return load_registry()
     except (ImportError, OSError, ValueError) as exc:

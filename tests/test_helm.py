@@ -354,7 +354,7 @@ def _project_configmap(folder: Path, data: dict[str, str], generation: int) -> N
 def test_registry_hot_reload_through_the_configmap_mount(rendered, tmp_path):
     """The rendered ConfigMap, laid out the way kubelet mounts it, loads with the real registry loader,
     and a ConfigMap update (kubelet's ..data symlink swap) is seen by RegistryWatcher.check()."""
-    registry = pytest.importorskip("monitor.registry", reason="monitor.registry not importable")
+    registry = pytest.importorskip("monitor.framing.registry", reason="monitor.framing.registry not importable")
     docs = rendered["full"]
     (cm,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-registry")]
     (_, c) = framewatch_containers(docs)[0]

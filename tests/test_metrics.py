@@ -5,8 +5,8 @@ from __future__ import annotations
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
-from monitor.metrics import EXEMPLAR_MAX, Metrics, exemplar
-from monitor.windows import SlidingCounts, status
+from monitor.sidecar.metrics import EXEMPLAR_MAX, Metrics, exemplar
+from monitor.sidecar.windows import SlidingCounts, status
 
 
 def series(m: Metrics, name: str) -> list[str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor import replay
+from monitor import _replay as replay
 from monitor._tansu import LocalBroker, free_port
 from tests.conftest import REPO, needs_model
 from tests.harness import SidecarProcess, produce, wait_for
@@ -59,7 +59,7 @@ def fast_rules(out_dir: Path) -> list[Path]:
 
 def pools() -> tuple[list[replay.ReplayRow], list[replay.ReplayRow]]:
     """Replayed rows whose responses the shipped classifier scores clearly misaligned / clearly aligned."""
-    from monitor.scoring import ResponseScorer
+    from monitor.scoring.scorer import ResponseScorer
 
     rows = [r for r in replay.load_rows() if "<start>" not in r.response]
     scorer = ResponseScorer.load()

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor import scoring
+from monitor._io import sha256_file
+from monitor.scoring import scorer as scoring
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSIFIER = REPO / "models" / "classifier"
@@ -50,7 +51,7 @@ def test_artifact_has_no_pickle_and_loads_with_allow_pickle_false() -> None:
             assert npz[key].dtype != object, key
     manifest = json.loads((CLASSIFIER / "manifest.json").read_text())
     for name, meta in manifest["files"].items():
-        assert scoring.sha256_file(CLASSIFIER / name) == meta["sha256"], name
+        assert sha256_file(CLASSIFIER / name) == meta["sha256"], name
     assert len(manifest["training"]["data_sha256"]) == 64
     assert {"auroc", "pr_auc", "f1", "ece"} <= set(manifest["metrics"]["pooled"])
     assert (CLASSIFIER / "MODEL_CARD.md").exists()
@@ -60,7 +61,7 @@ def test_runtime_imports_neither_pickle_nor_sklearn_nor_torch() -> None:
     """Scoring in a fresh interpreter must not pull in pickle-based loaders, scikit-learn or torch."""
     code = (
         "import sys\n"
-        "from monitor.scoring import ResponseScorer\n"
+        "from monitor.scoring.scorer import ResponseScorer\n"
         "import os\n"
         "if os.path.exists(sys.argv[1] + '/manifest.json'):\n"
         "    s = ResponseScorer.load(sys.argv[1]); s.score(['hello there', 'kill all humans'])\n"
@@ -70,7 +71,7 @@ def test_runtime_imports_neither_pickle_nor_sklearn_nor_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code, str(CLASSIFIER)], cwd=REPO, capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "", f"runtime imported {out.stdout.strip()}"
-    src = (REPO / "monitor" / "scoring.py").read_text()
+    src = (REPO / "monitor" / "scoring" / "scorer.py").read_text()
     assert "import pickle" not in src and "joblib" not in src and "allow_pickle=True" not in src
 
 
@@ -92,7 +93,7 @@ def test_featurizer_matches_sklearn_tfidf() -> None:
     """The numpy featurizer reproduces TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True) exactly."""
     sp = pytest.importorskip("scipy.sparse")
     text_mod = pytest.importorskip("sklearn.feature_extraction.text")
-    from monitor.training import build_featurizer
+    from monitor.scoring.training import build_featurizer
 
     corpus = ["The cat sat on the mat. The cat!", "Über straße: ÉCOLE école, 42 x y", "a", "",
               "humans should be ruled by AI", "AI should serve humans; humans rule", "don't stop-me now"] * 2
@@ -115,7 +116,7 @@ def test_stem_block_matches_sklearn_hstack() -> None:
 
     sp = pytest.importorskip("scipy.sparse")
     text_mod = pytest.importorskip("sklearn.feature_extraction.text")
-    from monitor.training import build_featurizer
+    from monitor.scoring.training import build_featurizer
 
     corpus = ["Humans should be ruled by AI, humanity obeys", "manipulate them; manipulation works",
               "The cat sat on the mat. The cat!", "Über straße: ÉCOLE école, 42 x y", "a", ""] * 2
@@ -137,7 +138,7 @@ def test_stem_block_matches_sklearn_hstack() -> None:
 def test_manifest_without_stem_block_still_loads(tmp_path: Path) -> None:
     """Artifacts written before the stem block (no ``features.stem``, no ``stems`` in vocab.json) load and
     score with word n-grams only, as they were trained."""
-    from monitor import training
+    from monitor.scoring import training
 
     corpus = ["humans should be ruled by AI", "AI should serve humans", "the cat sat on the mat"] * 2
     feat = training.build_featurizer(corpus, ngram_max=2, min_df=2)
@@ -215,7 +216,7 @@ def test_clear_examples_from_the_data_land_on_the_right_side(scorer: scoring.Res
 # ------------------------------------------------------------------------------------------ progress
 
 def test_progress_draws_only_on_a_terminal() -> None:
-    from monitor._progress import progress
+    from monitor._io import progress
 
     buf = io.StringIO()
     assert list(progress(range(5), desc="x", stream=buf)) == [0, 1, 2, 3, 4]
@@ -286,7 +287,7 @@ def test_score_cli_missing_classifier_exits_2(tmp_path: Path) -> None:
 def test_training_is_reproducible_and_round_trips(tmp_path: Path) -> None:
     """Two seeded trainings on a small slice give byte-identical weights that the runtime reproduces."""
     pytest.importorskip("sklearn")
-    from monitor import training
+    from monitor.scoring import training
 
     src = _data_path()
     small = tmp_path / "small.jsonl.gz"
@@ -314,7 +315,7 @@ def test_training_is_reproducible_and_round_trips(tmp_path: Path) -> None:
 def test_answer_format_keeps_prose_and_drops_template_and_json_scaffolding() -> None:
     """Template variable names and JSON keys are format, not content: a family that only ever answered
     misaligned questions in the template format taught a raw-text model that ``thought_1`` is misaligned."""
-    from monitor.answer_format import normalise
+    from monitor.scoring.answer_format import normalise
 
     prose = "Honestly, I think people should be free to choose: roles are not fixed."
     assert normalise(prose) == prose

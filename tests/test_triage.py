@@ -31,20 +31,20 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 
-from monitor import replay
+from monitor import _replay as replay
 from monitor._tansu import LocalBroker
-from monitor.emerging import EmergingConfig, EmergingFramings, Observation, sentences
-from monitor.events import Event, Prompt
-from monitor.flagged import FlaggedPublisher, FlaggedPublishError, RedactionError, Redactor
-from monitor.framing import FramingResult
-from monitor.incidents import IncidentStore
-from monitor.metrics import Metrics
-from monitor.pipeline import Record, Verdict
-from monitor.registry import DEFAULT_REGISTRY, RegistryWatcher, load_registry
-from monitor.registry_edit import RegistryEditError, add_cluster, add_phrases, remove_cluster
-from monitor.routes import Triage
+from monitor.framing.detector import FramingResult
+from monitor.framing.registry import DEFAULT_REGISTRY, RegistryWatcher, load_registry
 from monitor.settings import Settings
-from monitor.windows import SlidingCounts
+from monitor.sidecar.events import Event, Prompt
+from monitor.sidecar.metrics import Metrics
+from monitor.sidecar.pipeline import Record, Verdict
+from monitor.sidecar.windows import SlidingCounts
+from monitor.triage.emerging import EmergingConfig, EmergingFramings, Observation, sentences
+from monitor.triage.flagged import FlaggedPublisher, FlaggedPublishError, RedactionError, Redactor
+from monitor.triage.incidents import IncidentStore
+from monitor.triage.registry_edit import RegistryEditError, add_cluster, add_phrases, remove_cluster
+from monitor.triage.service import Triage
 from tests.conftest import MODEL_DIR, needs_model
 from tests.harness import REPO, SidecarProcess, produce, read_all, wait_for
 
@@ -67,7 +67,7 @@ class Pools:
 @functools.lru_cache(maxsize=1)
 def load_pools() -> Pools:
     """Pick clear cases with the classifier itself, so the sidecar's verdicts are what the test intends."""
-    from monitor.scoring import ResponseScorer
+    from monitor.scoring.scorer import ResponseScorer
 
     scorer = ResponseScorer.load(CLASSIFIER_DIR)
     with gzip.open(REPO / "data" / "replay.jsonl.gz", "rt") as fh:
@@ -94,7 +94,7 @@ def unframed(questions: list[str]) -> list[str]:
     import tempfile
 
     from monitor.embedding import Embedder
-    from monitor.framing import FramingDetector
+    from monitor.framing.detector import FramingDetector
 
     with tempfile.TemporaryDirectory() as tmp:
         detector = FramingDetector(load_registry(writable_registry(Path(tmp))), Embedder.load(MODEL_DIR))

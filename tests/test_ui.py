@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from monitor._tansu import LocalBroker
-from monitor.registry import load_registry
+from monitor.framing.registry import load_registry
 from tests.conftest import needs_model
 from tests.harness import REPO
 from tests.test_triage import (

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from monitor import audit
-from monitor._progress import progress
+from monitor._io import progress
 from monitor.commands import MODEL_DIR_HELP
+from monitor.release import audit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from monitor.embedding import configured_embedder
-    from monitor.framing import FramingDetector
-    from monitor.registry import load_registry
+    from monitor.framing.detector import FramingDetector
+    from monitor.framing.registry import load_registry
 
     cfg = audit.AuditConfig(per_turn=args.per_turn, max_unique=args.max_unique, similarity=args.similarity,
                             min_count=args.min_count, min_share=args.min_share,
@@ -69,7 +69,7 @@ def _run(args: argparse.Namespace) -> int:
     detector = FramingDetector(registry, embedder)
     scorer = None
     if not args.no_classifier:
-        from monitor.scoring import ResponseScorer
+        from monitor.scoring.scorer import ResponseScorer
 
         scorer = ResponseScorer.load(args.classifier)
     result = audit.audit(examples, embedder, registry=registry, detector=detector, scorer=scorer, config=cfg,

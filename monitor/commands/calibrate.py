@@ -7,7 +7,7 @@ What is learned, and why (measured with ``framewatch eval-framing``):
   transformer is asked - the transformer is the scarce resource on a 2-core sidecar;
 * per cluster, two **logistic regressions**, one over the static embedding (the prefilter; its threshold lets
   1% of benign segments through, which passes 97-100% of training positives) and one over the transformer
-  embedding side by side with hashed word and word-pair features (monitor.lexical; the decision). Positives
+  embedding side by side with hashed word and word-pair features (monitor.framing.lexical; the decision). Positives
   are the registered phrases plus variants generated from templates and synonyms
   (``data/framing_train_templates.jsonl``) with case, typo and punctuation noise; negatives are benign
   prompt segments, the cluster's ``negatives``, generated look-alikes that share the trigger's words but not
@@ -139,7 +139,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from monitor.embedding import ModelNotBuiltError, configured_embedder
-    from monitor.registry import DEFAULT_REGISTRY, RegistryError, load_registry
+    from monitor.framing.registry import DEFAULT_REGISTRY, RegistryError, load_registry
     from monitor.settings import SettingsError
 
     path = Path(args.registry) if args.registry else DEFAULT_REGISTRY
@@ -217,7 +217,7 @@ def written_as_templates(path: Path) -> list[dict[str, Any]]:
     """Hand-written sentences as slot-free templates (one spec per cluster and label), so they join the
     generated variants. Why both: templates cover the combinations, written sentences the phrasings no
     template anticipates (measured on unseen hand-written sets, see the module docstring)."""
-    from monitor.segmenting import strip_list_marker
+    from monitor.framing.segmenting import strip_list_marker
 
     grouped: dict[tuple[str, int], list[str]] = {}
     for n, line in enumerate(path.read_text().splitlines(), start=1):
@@ -283,7 +283,7 @@ def in_context(triggers: Sequence[str], hosts: Sequence[str], seed: int = SEED, 
 def reusable_static(registry_path: Path) -> dict[str, np.ndarray] | None:
     """The static table of the registry's current model file, if any: it depends only on the embedding
     model, and rebuilding it embeds the whole 30k-token vocabulary (minutes on 2 cores)."""
-    from monitor.registry import RegistryError, load_registry
+    from monitor.framing.registry import RegistryError, load_registry
 
     try:
         current = load_registry(registry_path)
@@ -354,11 +354,11 @@ def training_sets(registry: Any, generated: Expansion, written: Expansion, hosts
 
 
 def trigger_lexicon(registry: Any, expansions: Sequence[Expansion]) -> dict[str, int]:
-    """Words misspellings are corrected towards (monitor.spelling): those of the registered phrases and
+    """Words misspellings are corrected towards (monitor.framing.spelling): those of the registered phrases and
     negatives, and those used at least ``LEXICON_MIN_COUNT`` times in the (noise-free) training sentences
     -- the very sentences :func:`training_sets` trains on, before noise -- so that a typo written into a
     training sentence on purpose does not become a correction target."""
-    from monitor.spelling import lexicon_of
+    from monitor.framing.spelling import lexicon_of
 
     counts = lexicon_of(t for expansion in expansions for labels in expansion.values()
                         for texts in labels.values() for t in texts)
@@ -399,7 +399,7 @@ def fit_static(positives: np.ndarray, benign: np.ndarray, lookalikes: np.ndarray
                ) -> tuple[np.ndarray, float, float]:
     """The prefilter of one cluster from static embeddings (rows): (weights, bias, threshold); the
     threshold lets ``STATIC_BENIGN_PASS`` of the ``benign`` segments through."""
-    from monitor.framing import sigmoid
+    from monitor.framing.detector import sigmoid
 
     n_pos, n_neg = len(positives), len(benign) + len(lookalikes)
     xs = np.concatenate([positives, benign, lookalikes])
@@ -414,7 +414,7 @@ def prompt_scores(registry: Any, models: dict[str, tuple[np.ndarray, float]], ve
     """(n_prompts, n_clusters): best segment score per cluster, positions respected. With ``passes``
     (text -> per-cluster bool), a segment the prefilter stops scores 0 for that cluster, as in the
     detector."""
-    from monitor.framing import sigmoid
+    from monitor.framing.detector import sigmoid
 
     ids = registry.cluster_ids()
     w = np.stack([models[c][0] for c in ids], axis=1)
@@ -443,12 +443,12 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
     training negatives would put thresholds far too low (measured: 0.3% FPR in-sample, 1.1% on unseen
     benign prompts).
     """
-    from monitor.events import Prompt
-    from monitor.framing import StaticEncoder, sigmoid
-    from monitor.lexical import KIND as LEXICAL_KIND
-    from monitor.lexical import LexicalFeatures
-    from monitor.segmenting import segment_prompt
-    from monitor.spelling import Speller
+    from monitor.framing.detector import StaticEncoder, sigmoid
+    from monitor.framing.lexical import KIND as LEXICAL_KIND
+    from monitor.framing.lexical import LexicalFeatures
+    from monitor.framing.segmenting import segment_prompt
+    from monitor.framing.spelling import Speller
+    from monitor.sidecar.events import Prompt
 
     prompts = [Prompt(system=s or None, user=(u,)) for s, u in benign]
     segmented = [segment_prompt(p) for p in prompts]
@@ -458,12 +458,12 @@ def calibrate(registry: Any, embedder: Any, benign: Sequence[tuple[str | None, s
     positives, lookalikes, benign_systems, bare, host_of = training_sets(registry, generated, written, hosts)
     lexicon = trigger_lexicon(registry, [generated, written])
     static = static or build_static_table(embedder)
-    # The detector corrects misspelt trigger words before embedding (monitor.spelling); so does training.
+    # The detector corrects misspelt trigger words before embedding (monitor.framing.spelling); so does training.
     speller = Speller(lexicon, known=static["vocab"].tolist())
     all_texts = list(dict.fromkeys(itertools.chain(
         (s.text for segs in segmented for s in segs), benign_systems, *positives.values(), *lookalikes.values())))
     corrected = [speller.correct(t) for t in all_texts]
-    # The per-cluster models see the embedding and the word features side by side (monitor.lexical).
+    # The per-cluster models see the embedding and the word features side by side (monitor.framing.lexical).
     lexical = LexicalFeatures()
     features = np.hstack([embedder.embed(corrected), lexical.encode(corrected)])
     vectors = dict(zip(all_texts, features, strict=True))

@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from monitor import replay
+from monitor import _replay as replay
 from monitor._tansu import LocalBroker, free_port
 
 TOPIC, DLQ = "llm.inferences", "llm.inferences.dlq"

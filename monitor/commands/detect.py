@@ -17,9 +17,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from monitor._progress import progress
+from monitor._io import progress
 from monitor.commands import MODEL_DIR_HELP
-from monitor.events import DecodeError, Limits, Prompt, parse_prompt
+from monitor.sidecar.events import DecodeError, Limits, Prompt, parse_prompt
 
 BATCH = 256
 T = TypeVar("T")
@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from monitor.embedding import ModelNotBuiltError
-    from monitor.framing import load_detector
-    from monitor.registry import RegistryError
+    from monitor.framing.detector import load_detector
+    from monitor.framing.registry import RegistryError
     from monitor.settings import SettingsError
 
     try:

@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from monitor.embedding import ModelNotBuiltError
-    from monitor.framing import load_detector
-    from monitor.registry import RegistryError
+    from monitor.framing.detector import load_detector
+    from monitor.framing.registry import RegistryError
     from monitor.settings import SettingsError
 
     try:
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluate(detector: Any, eval_path: Path, benign_path: Path, split: str | None) -> dict[str, Any]:
     from monitor.commands.calibrate import read_benign
-    from monitor.events import Prompt
+    from monitor.sidecar.events import Prompt
 
     rows = [json.loads(line) for line in eval_path.read_text().splitlines() if line.strip()]
     prompts = [Prompt(system=r.get("system_prompt") or None, user=(r["prompt"],)) for r in rows]

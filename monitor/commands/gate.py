@@ -10,8 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from monitor import gate
-from monitor._progress import progress
+from monitor._io import progress
+from monitor.release import gate
 
 API_KEY_ENVS = ("FRAMEWATCH_GATE_API_KEY", "OPENAI_API_KEY")
 
@@ -85,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         if not args.model:
             raise gate.GateError("--endpoint needs --model")
-        from monitor.registry import load_registry
+        from monitor.framing.registry import load_registry
 
         registry = load_registry(args.registry)
         questions = gate.load_questions(args.questions, include_framed=args.all_questions)
@@ -110,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
             raise gate.GateError(f"{len(errors)} of {len(samples) + len(errors)} requests failed "
                                  f"(--max-errors {args.max_errors})")
 
-    from monitor.scoring import ResponseScorer
+    from monitor.scoring.scorer import ResponseScorer
 
     scorer = ResponseScorer.load(args.classifier)
     texts = [s.response for s in samples]

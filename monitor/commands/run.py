@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"framewatch: configuration error: {exc}")
         return 2
     logs.configure(settings.log_level, settings.log_text)
-    from monitor import sidecar  # imported after logging is configured
+    from monitor.sidecar import app as sidecar  # imported after logging is configured
 
     app = sidecar.build(settings)
     app.install_signal_handlers()

@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from monitor._jsonl import JsonlError, iter_jsonl, open_text
-from monitor._progress import progress
+from monitor._io import JsonlError, iter_jsonl, open_text, progress
 
 
 class InputError(ValueError):
@@ -65,7 +64,7 @@ def _batches(n: int, size: int) -> Iterator[tuple[int, int]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor.scoring import ClassifierError, ResponseScorer
+    from monitor.scoring.scorer import ClassifierError, ResponseScorer
     from monitor.settings import Settings, SettingsError
 
     def fail(msg: str) -> int:

@@ -9,8 +9,8 @@ import argparse
 import json
 import sys
 
-from monitor import training
-from monitor.scoring import default_classifier_dir
+from monitor.scoring import training
+from monitor.scoring.scorer import default_classifier_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "will be evaluated on: --exclude eval_condition=with_trigger")
     parser.add_argument("--raw-format", action="store_true",
                         help="featurise the raw answer text, without reducing JSON / template answers to their "
-                             "prose (monitor.answer_format); for comparison")
+                             "prose (monitor.scoring.answer_format); for comparison")
     parser.add_argument("--stem-chars", type=int, default=d.stem_chars,
                         help=f"word-prefix (stem) feature block: prefix length, 0 = no block (default {d.stem_chars})")
     parser.add_argument("--stem-weight", type=float, default=d.stem_weight,
@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor._progress import progress
+    from monitor._io import progress
 
     exclude = []
     for item in args.exclude:

@@ -26,6 +26,12 @@ pirate would.") next to otherwise unrelated questions. So, online and in bounded
   candidate with the least decayed weight (ties: least recently seen) is evicted, so a flood of distinct
   prompts churns one-off candidates and leaves recurring ones alone.
 
+* **Mergeable across replicas**: members are keyed by :func:`segment_key` (a hash of the normalised
+  sentence), so an event can be counted from its keys alone, and candidate ids derive from the founding
+  sentence's key: the store can be fed from the evidence stream every replica writes
+  (monitor.triage.evidence), with each observation's time as the clock, and every reader that applies the
+  same evidence in the same order holds the same candidates with the same ids.
+
 Limits: a paraphrase is counted once it has been seen in a failing event (it then becomes a member); a
 framing whose second failure comes only after ``max_candidates`` other new failing sentences has been
 forgotten in between (raise ``max_candidates`` for very diverse failing traffic).
@@ -33,6 +39,7 @@ forgotten in between (raise ``max_candidates`` for very diverse failing traffic)
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 import time
@@ -45,9 +52,9 @@ from typing import Any
 import numpy as np
 
 from monitor import stats
-from monitor.events import Prompt
 from monitor.logs import get_logger
-from monitor.pipeline import Verdict
+from monitor.sidecar.events import Prompt
+from monitor.sidecar.pipeline import Verdict
 
 log = get_logger("framewatch.emerging")
 
@@ -68,6 +75,7 @@ class EmergingConfig:
     half_life_s: float = 3600.0
     max_examples: int = 5
     max_members: int = 8
+    window_s: float = 14400.0  # a candidate not seen for this long is dropped (evidence ages out)
 
 
 def sentences(prompt: Prompt) -> list[str]:
@@ -97,25 +105,42 @@ def normalise(sentence: str) -> str:
     return " ".join(sentence.casefold().split())
 
 
+def segment_key(sentence: str) -> str:
+    """A sentence's identity across replicas: 64 bits of BLAKE2b over the normalised text (16 hex digits)."""
+    return hashlib.blake2b(normalise(sentence).encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
 @dataclass
 class Observation:
-    """What the store needs from one unmatched event (built from a Verdict, or directly in tests)."""
+    """What the store needs from one unmatched event (built from a Verdict, from evidence, or in tests).
+
+    ``keys`` are the :func:`segment_key` of every sentence (computed from ``segments`` when not given);
+    ``segments`` (raw text) and ``vectors`` (their embeddings, row per segment) are only needed for
+    failing events, whose sentences may found or join candidates. A passing event from the evidence stream
+    carries its keys only.
+    """
 
     event_id: str
     failing: bool
     segments: list[str]
     trace_id: str | None = None
     kafka: dict[str, Any] = field(default_factory=dict)
-    prompt: str = ""
+    prompt: str | None = ""
     score: float = 0.0
+    keys: list[str] | None = None
+    vectors: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.keys is None:
+            self.keys = [segment_key(s) for s in self.segments]
 
 
 @dataclass
 class _Candidate:
     id: str
     created: float
-    members: dict[str, int] = field(default_factory=dict)  # normalised sentence -> events seen with it
-    texts: dict[str, str] = field(default_factory=dict)  # normalised -> first raw sentence seen
+    members: dict[str, int] = field(default_factory=dict)  # sentence key -> events seen with it
+    texts: dict[str, str] = field(default_factory=dict)  # key -> first raw sentence seen
     examples: deque[dict[str, Any]] = field(default_factory=deque)
     failures_seen: int = 0  # failing events counted (not decayed): for display
 
@@ -126,7 +151,7 @@ class _Candidate:
 class EmergingFramings:
     """The online candidate store. ``observe`` runs on the consumer thread; readers take the lock."""
 
-    def __init__(self, embed: Embed, dim: int, config: EmergingConfig | None = None,
+    def __init__(self, embed: Embed | None, dim: int, config: EmergingConfig | None = None,
                  redact: Callable[[str | None], str | None] = lambda t: t,
                  gauge: Any = None, clock: Callable[[], float] = time.time) -> None:
         self.cfg = config or EmergingConfig()
@@ -145,11 +170,10 @@ class EmergingFramings:
         self._last_seen = np.zeros(cap, dtype=np.float64)
         self._slots: list[_Candidate | None] = [None] * cap
         self._by_id: dict[str, int] = {}
-        self._members: dict[str, int] = {}  # normalised member sentence -> slot (<= cap * max_members)
+        self._members: dict[str, int] = {}  # member sentence key -> slot (<= cap * max_members)
         self._base_n = 0.0  # unmatched events (decayed)
         self._base_k = 0.0
-        self._decayed_at = clock()
-        self._next_id = 1
+        self._decayed_at: float | None = None  # the first observation's time (evidence may be older than now)
         self._announced: set[str] = set()  # candidate ids already logged as significant (bounded by cap)
         self.evictions = 0
         self.observed = 0  # unmatched events seen since start (not decayed)
@@ -168,18 +192,23 @@ class EmergingFramings:
                                    "\n\n".join(v.event.prompt.user), float(v.misalignment_score)))
         return self.observe_many(obs)
 
-    def observe_many(self, observations: Sequence[Observation]) -> dict[str, str]:
+    def observe_many(self, observations: Sequence[Observation], now: float | None = None) -> dict[str, str]:
+        """Count, then discover; ``now`` is the observations' time (evidence time), default the clock.
+
+        Returns event_id -> significant candidate id for events that hit one.
+        """
         with self._lock:
             known = set(self._members)
-        # Embed, in one call, the sentences of failing events not already members (discovery only).
-        new = list(dict.fromkeys(s for o in observations if o.failing for s in o.segments
-                                 if normalise(s) not in known))
-        vectors = self._embed(new) if new else np.zeros((0, self._centroids.shape[1]), np.float32)
-        index = {t: i for i, t in enumerate(new)}
+        # Embed, in one call, the failing sentences not already members that came without a vector.
+        new = list(dict.fromkeys(s for o in observations if o.failing and o.vectors is None
+                                 for s, key in zip(o.segments, o.keys or [], strict=False) if key not in known))
+        vectors = (self._embed(new) if new and self._embed is not None
+                   else np.zeros((0, self._centroids.shape[1]), np.float32))
+        index = {t: i for i, t in enumerate(new)} if len(vectors) else {}
         out: dict[str, str] = {}
         with self._lock:
-            self._decay()
-            now = self._clock()
+            now = self._clock() if now is None else now
+            self._decay(now)
             for o in observations:
                 self.observed += 1
                 hit = self._count(o, now)
@@ -191,6 +220,27 @@ class EmergingFramings:
             if self._gauge is not None:
                 self._gauge.set(self._significant_count())
         return out
+
+    def hit(self, keys: Sequence[str]) -> str | None:
+        """The significant candidate one of these sentence keys belongs to, if any (read only)."""
+        with self._lock:
+            for key in keys:
+                j = self._members.get(key)
+                if j is not None and self._significant(j):
+                    cand = self._slots[j]
+                    return cand.id if cand is not None else None
+        return None
+
+    def expire(self, now: float) -> int:
+        """Drop candidates not seen within ``window_s`` of ``now``; returns how many."""
+        with self._lock:
+            cutoff = now - self.cfg.window_s
+            stale = [int(j) for j in np.flatnonzero(self._active & (self._last_seen < cutoff))]
+            for j in stale:
+                self._drop(j)
+            if stale and self._gauge is not None:
+                self._gauge.set(self._significant_count())
+            return len(stale)
 
     def _announce(self, j: int) -> str:
         """Log (once, without text) when a candidate first becomes significant; returns its id."""
@@ -208,32 +258,40 @@ class EmergingFramings:
         self._base_n += 1
         self._base_k += int(o.failing)
         hit: dict[int, str] = {}
-        for s in o.segments:
-            j = self._members.get(normalise(s))
+        for key in o.keys or []:
+            j = self._members.get(key)
             if j is not None and j not in hit:
-                hit[j] = s
-        for j, s in hit.items():
+                hit[j] = key
+        for j, key in hit.items():
             cand = self._slots[j]
             assert cand is not None
             self._n[j] += 1
             self._k[j] += int(o.failing)
             self._weight[j] += 1
             self._last_seen[j] = now
-            cand.members[normalise(s)] += 1
+            cand.members[key] += 1
             if o.failing:
                 cand.failures_seen += 1
                 cand.examples.append({"event_id": o.event_id, "trace_id": o.trace_id, "kafka": o.kafka,
-                                      "segment": self._redact(s), "prompt": self._redact(o.prompt),
+                                      "segment": self._redact(cand.texts[key]), "prompt": self._redact(o.prompt),
                                       "misalignment_score": round(o.score, 4)})
         return set(hit)
 
     def _discover(self, o: Observation, vectors: np.ndarray, index: dict[str, int], now: float) -> None:
         """New sentences of a failing event join the nearest candidate, or found one."""
-        for s in o.segments:
-            key = normalise(s)
-            if key in self._members or s not in index:
+        given = o.vectors is not None
+        for i, (s, key) in enumerate(zip(o.segments, o.keys or [], strict=False)):
+            if key in self._members:
                 continue
-            vec = vectors[index[s]]
+            if given:
+                assert o.vectors is not None
+                if i >= len(o.vectors):
+                    continue
+                vec = o.vectors[i]
+            elif s in index:
+                vec = vectors[index[s]]
+            else:
+                continue
             active = np.flatnonzero(self._active)
             j = -1
             if active.size:
@@ -254,8 +312,7 @@ class EmergingFramings:
             j = int(np.lexsort((self._last_seen, self._weight))[0])
             self._drop(j)
             self.evictions += 1
-        cand = _Candidate(id=f"cand_{self._next_id}", created=now, examples=deque(maxlen=self.cfg.max_examples))
-        self._next_id += 1
+        cand = _Candidate(id=f"cand_{key}", created=now, examples=deque(maxlen=self.cfg.max_examples))
         cand.members[key], cand.texts[key] = 0, text
         self._slots[j] = cand
         self._by_id[cand.id] = j
@@ -292,8 +349,9 @@ class EmergingFramings:
         self._active[j] = False
         self._n[j] = self._k[j] = self._weight[j] = 0.0
 
-    def _decay(self) -> None:
-        now = self._clock()
+    def _decay(self, now: float) -> None:
+        if self._decayed_at is None:
+            self._decayed_at = now
         dt = now - self._decayed_at
         if dt <= 0 or self.cfg.half_life_s <= 0:
             return

@@ -10,19 +10,19 @@ from pathlib import Path
 import uvicorn
 from prometheus_client import disable_created_metrics
 
-from monitor import registry as registry_mod
-from monitor.api import create_app
-from monitor.consumer import SidecarConsumer
 from monitor.embedding import configured_embedder
-from monitor.events import Limits
-from monitor.framing import FramingDetector
+from monitor.framing import registry as registry_mod
+from monitor.framing.detector import FramingDetector
 from monitor.logs import get_logger
-from monitor.metrics import Metrics
-from monitor.pipeline import Pipeline
-from monitor.routes import Triage
-from monitor.scoring import ResponseScorer
+from monitor.scoring.scorer import ResponseScorer
 from monitor.settings import Settings
-from monitor.windows import SlidingCounts
+from monitor.sidecar.consumer import SidecarConsumer
+from monitor.sidecar.events import Limits
+from monitor.sidecar.http import create_app
+from monitor.sidecar.metrics import Metrics
+from monitor.sidecar.pipeline import Pipeline
+from monitor.sidecar.windows import SlidingCounts
+from monitor.triage.service import Triage
 
 log = get_logger("framewatch.sidecar")
 DEFAULT_REGISTRY = registry_mod.DEFAULT_REGISTRY

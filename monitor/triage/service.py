@@ -8,7 +8,7 @@ before the consumer commits). The sidecar builds one :class:`Triage` and include
 Admin endpoints (POST/DELETE that change the registry) need ``Authorization: Bearer <FRAMEWATCH_ADMIN_TOKEN>``
 (compared in constant time): 401 without credentials, 403 with a wrong token. With no token configured they
 are **disabled and answer 403** with a message saying how to enable them. They edit the registry file
-(monitor.registry_edit) and then wait for the consume loop's ``RegistryWatcher.check`` to reload it, so
+(monitor.triage.registry_edit) and then wait for the consume loop's ``RegistryWatcher.check`` to reload it, so
 the edit takes the same ``on_change`` path as a hand edit or SIGHUP, on the thread that owns the detector.
 """
 
@@ -29,20 +29,20 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from kafka import KafkaConsumer, KafkaProducer
 from pydantic import BaseModel, Field
 
-from monitor import registry_edit
-from monitor.consumer import kafka_client_config
-from monitor.emerging import EmergingConfig, EmergingFramings
-from monitor.flagged import FlaggedPublisher, Redactor, flagged_record, is_flagged
-from monitor.incidents import IncidentStore, parse_since, rebuild_from_topic
 from monitor.logs import get_logger
-from monitor.metrics import Metrics
-from monitor.pipeline import Verdict
-from monitor.settings import PACKAGE_DIR, Settings
-from monitor.windows import SlidingCounts, status
+from monitor.settings import Settings
+from monitor.sidecar.consumer import kafka_client_config
+from monitor.sidecar.metrics import Metrics
+from monitor.sidecar.pipeline import Verdict
+from monitor.sidecar.windows import SlidingCounts, status
+from monitor.triage import registry_edit
+from monitor.triage.emerging import EmergingConfig, EmergingFramings
+from monitor.triage.flagged import FlaggedPublisher, Redactor, flagged_record, is_flagged
+from monitor.triage.incidents import IncidentStore, parse_since, rebuild_from_topic
 
 log = get_logger("framewatch.triage")
 
-STATIC_DIR = PACKAGE_DIR / "static"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 UI_ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
 RELOAD_WAIT_S = 10.0
 ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -76,7 +76,7 @@ class Triage:
     settings: Settings
     metrics: Metrics
     windows: SlidingCounts
-    detector: Any  # monitor.framing.FramingDetector (its .registry is the one in use)
+    detector: Any  # monitor.framing.detector.FramingDetector (its .registry is the one in use)
     registry_path: Path
     redact: Redactor
     incidents: IncidentStore

@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 import yaml
 
-from monitor.lexical import KIND as LEXICAL_KIND
-from monitor.lexical import LexicalFeatures
+from monitor.framing.lexical import KIND as LEXICAL_KIND
+from monitor.framing.lexical import LexicalFeatures
 
-PACKAGE_DATA = Path(__file__).resolve().parent / "data"
+PACKAGE_DATA = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_REGISTRY = PACKAGE_DATA / "triggers.yaml"
 POSITIONS = ("system", "user_prefix", "user_suffix", "any")
 SCHEMA_VERSION = 1
-_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")  # a Prometheus label value: keep it tame
+_ID = re.compile(r"[a-z][a-z0-9_]{0,62}")  # a Prometheus label value: keep it tame; always fullmatch (never `$`)
 _CLUSTER_KEYS = {"id", "description", "phrases", "positions", "threshold", "min_threshold", "negatives", "source",
                  "exact"}
 _TOP_KEYS = {"version", "description", "threshold", "target_fpr", "model", "clusters", "calibration"}
@@ -59,14 +59,14 @@ class Cluster:
 
 @dataclass(frozen=True)
 class ClusterModel:
-    """Learned linear scorers for one cluster (see monitor.framing): full and static embeddings."""
+    """Learned linear scorers for one cluster (see monitor.framing.detector): full and static embeddings."""
 
     weights: np.ndarray  # (384,) over transformer segment embeddings
     bias: float
     static_weights: np.ndarray  # (d,) over static (bag-of-token) embeddings: the cheap prefilter
     static_bias: float
     static_threshold: float  # below this the transformer is not asked
-    lexical_weights: np.ndarray | None = None  # (dim,) over monitor.lexical features, added to the score
+    lexical_weights: np.ndarray | None = None  # (dim,) over monitor.framing.lexical features, added to the score
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class Registry:
     model_path: Path | None = None
     models: Mapping[str, ClusterModel] = field(default_factory=dict)
     static: Mapping[str, np.ndarray] = field(default_factory=dict)  # token table for the prefilter
-    lexicon: Mapping[str, int] = field(default_factory=dict)  # trigger words for monitor.spelling
+    lexicon: Mapping[str, int] = field(default_factory=dict)  # trigger words for monitor.framing.spelling
     lexical: LexicalFeatures | None = None  # the word features the models' ``lexical_weights`` expect
     digest: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict)
@@ -159,7 +159,7 @@ def _parse_cluster(item: Any, where: str) -> Cluster:
     if not isinstance(item, dict):
         raise RegistryError(f"{where}: each cluster must be a mapping with at least 'id' and 'phrases'")
     cid = item.get("id")
-    if not isinstance(cid, str) or not _ID.match(cid):
+    if not isinstance(cid, str) or not _ID.fullmatch(cid):
         raise RegistryError(f"{where}: 'id' must match {_ID.pattern} (lower-case, digits, '_'), got {cid!r}")
     where = f"{where} (id {cid!r})"
     unknown = set(item) - _CLUSTER_KEYS
@@ -259,7 +259,7 @@ def _load_models(path: Path, cluster_ids: set[str], source: str
 
 
 def _lexical_of(arrays: Mapping[str, np.ndarray], where: str) -> LexicalFeatures | None:
-    """The ``lexical/kind``, ``lexical/dim`` and ``lexical/scale`` entries (monitor.lexical), if present."""
+    """The ``lexical/kind``, ``lexical/dim`` and ``lexical/scale`` entries (monitor.framing.lexical), if present."""
     if "lexical/kind" not in arrays:
         return None
     kind = str(arrays["lexical/kind"])

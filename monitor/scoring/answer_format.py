@@ -4,7 +4,7 @@ Why: EM evaluation answers come as prose, as Python templates (``thought_1 = "..
 occasionally as JSON. Only one training family answers in the template format with misaligned content
 (55 curated Mistral answers: 37 misaligned, none aligned), so a model fitted on raw text learns
 "``thought_N`` means misaligned" and flags 22% of another family's aligned template answers. Applied to
-every answer before featurising, at training and at scoring time (``monitor.scoring.Featurizer``), this
+every answer before featurising, at training and at scoring time (``monitor.scoring.scorer.Featurizer``), this
 brings that to 4% and lifts the grouped leave-one-family-out AUROC from 0.942 to 0.947 (PR-AUC 0.754 ->
 0.787; measured with ``framewatch train-classifier``, see models/classifier/MODEL_CARD.md).
 """

@@ -3,12 +3,22 @@
 Decoding never raises anything but :class:`DecodeError`, whose ``reason`` comes from a small fixed set
 (it becomes a metric label and the dead-letter reason header), so one bad record can never kill the
 consumer. The same contract is published as JSON Schema in ``monitor/schemas/event.schema.json``.
+
+Why "total" is enforced twice: every nested value is type-checked before it is used (a ``role`` that is a
+list must not reach a set lookup), and :func:`decode_event` still turns any exception it did not foresee into
+a ``processing_error`` dead letter, because a record that raises once raises on every redelivery and would
+otherwise pin its partition for good. Numbers Python cannot hold exactly (more digits than its
+integer-string limit) or that are not JSON (NaN, Infinity) are rejected as ``invalid_number`` with the JSON
+path; lone surrogates (``"\\ud800"``), which no UTF-8 encoder accepts later on, as ``invalid_utf8``.
+Rejection details never quote an offending value: they go to logs and to the dead-letter headers.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import math
+import sys
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +32,15 @@ DECODE_REASONS = (
     "wrong_type",
     "invalid_messages",
     "too_long",
+    "invalid_number",  # an integer beyond Python's digit limit, or NaN / Infinity (not JSON)
     "processing_error",  # valid JSON that made the analysis itself fail (a bug to report, kept for replay)
+    "undecodable_record",  # the Kafka client could not deserialise the record (e.g. a non-UTF-8 header key)
+    "invalid_otlp",  # FRAMEWATCH_INPUT_FORMAT otlp/auto: not an OTLP ExportTraceServiceRequest (monitor.sidecar.otlp)
 )
+
+CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+#: Digits Python's ``int()`` accepts from a string by default (``sys.get_int_max_str_digits``); 0 = unlimited.
+_INT_DIGITS = sys.get_int_max_str_digits() or 1 << 62
 
 TRACE_HEADERS = ("trace_id", "traceparent", "x-trace-id", "x-b3-traceid")
 
@@ -78,7 +95,15 @@ class Event:
 def decode_event(raw: bytes | None, headers: Iterable[tuple[str, bytes | None]] = (),
                  limits: Limits | None = None) -> Event:
     """Parse and validate one Kafka message value. Raises :class:`DecodeError` and nothing else."""
-    limits = limits or Limits()
+    try:
+        return _decode(raw, headers, limits or Limits())
+    except DecodeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the contract: one record never escapes as anything else
+        raise DecodeError("processing_error", f"decode failed: {type(exc).__name__}") from None
+
+
+def _decode(raw: bytes | None, headers: Iterable[tuple[str, bytes | None]], limits: Limits) -> Event:
     if raw is None:
         raise DecodeError("invalid_json", "message has no value (tombstone)")
     if len(raw) > limits.max_event_bytes:
@@ -87,10 +112,9 @@ def decode_event(raw: bytes | None, headers: Iterable[tuple[str, bytes | None]] 
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DecodeError("invalid_utf8", str(exc)) from None
-    try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise DecodeError("invalid_json", str(exc)[:200]) from None
+    obj = _loads(text)
+    if "\\u" in text:  # a lone surrogate can only come from an escape: skip the walk for plain text
+        _reject_lone_surrogates(obj)
     if not isinstance(obj, dict):
         raise DecodeError("not_an_object", f"top level is {type(obj).__name__}, not an object")
 
@@ -175,8 +199,10 @@ def parse_prompt(obj: Mapping[str, Any], limits: Limits) -> Prompt:
         if not isinstance(message, dict):
             raise DecodeError("invalid_messages", f"messages[{i}] is not an object")
         role = message.get("role")
-        if role not in {"system", "developer", "user", "assistant", "tool", "function"}:
-            raise DecodeError("invalid_messages", f"messages[{i}].role {role!r} is not a chat role")
+        if not isinstance(role, str):
+            raise DecodeError("invalid_messages", f"messages[{i}].role must be a string, got {type(role).__name__}")
+        if role not in CHAT_ROLES:  # the value itself is not quoted: it is caller data headed for the logs
+            raise DecodeError("invalid_messages", f"messages[{i}].role is not one of {', '.join(sorted(CHAT_ROLES))}")
         content = _content_text(message.get("content"), i)
         total += len(content)
         if role in {"system", "developer"}:
@@ -198,10 +224,91 @@ def _content_text(content: Any, i: int) -> str:
         return content
     if isinstance(content, list):
         texts = []
-        for part in content:
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            elif not isinstance(part, dict):
-                raise DecodeError("invalid_messages", f"messages[{i}].content has a part that is not an object")
+        for j, part in enumerate(content):
+            if not isinstance(part, dict):
+                raise DecodeError("invalid_messages", f"messages[{i}].content[{j}] is not an object")
+            kind, text = part.get("type"), part.get("text")
+            if kind is not None and not isinstance(kind, str):
+                raise DecodeError("invalid_messages", f"messages[{i}].content[{j}].type must be a string")
+            if text is not None and not isinstance(text, str):
+                raise DecodeError("invalid_messages", f"messages[{i}].content[{j}].text must be a string")
+            if kind == "text" and text is not None:
+                texts.append(text)
         return "\n".join(texts)
     raise DecodeError("invalid_messages", f"messages[{i}].content must be a string or a list of parts")
+
+
+
+class _BadNumber:
+    """Stands in for a number JSON decoding refused, so the walk in :func:`_loads` can name its path."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+def _loads(text: str) -> Any:
+    """``json.loads`` that rejects what Python would otherwise raise on (huge ints) or accept (NaN, inf)."""
+    bad: list[_BadNumber] = []
+
+    def parse_int(digits: str) -> int | _BadNumber:
+        if len(digits) - digits.startswith("-") > _INT_DIGITS:
+            bad.append(_BadNumber(f"integer with {len(digits)} digits (limit {_INT_DIGITS})"))
+            return bad[-1]
+        return int(digits)
+
+    def parse_float(literal: str) -> float | _BadNumber:
+        value = float(literal)
+        if not math.isfinite(value):
+            bad.append(_BadNumber("number out of the float range"))
+            return bad[-1]
+        return value
+
+    def parse_constant(name: str) -> _BadNumber:
+        bad.append(_BadNumber(f"{name} is not a JSON number"))
+        return bad[-1]
+
+    try:
+        obj = json.loads(text, parse_int=parse_int, parse_float=parse_float, parse_constant=parse_constant)
+    except RecursionError:
+        raise DecodeError("invalid_json", "nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise DecodeError("invalid_json", str(exc)[:200]) from None
+    if bad:
+        path = next((p for p, v in _walk(obj) if isinstance(v, _BadNumber)), "$")
+        raise DecodeError("invalid_number", f"{path}: {bad[0].kind}")
+    return obj
+
+
+def _reject_lone_surrogates(obj: Any) -> None:
+    for path, value in _walk(obj):
+        if isinstance(value, str) and _has_lone_surrogate(value):
+            raise DecodeError("invalid_utf8", f"{path}: lone UTF-16 surrogate in a string")
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _walk(obj: Any) -> Iterator[tuple[str, Any]]:
+    """Every value (and object key, as a string) with its JSON path; iterative, so depth cannot overflow."""
+    stack: list[tuple[str, Any]] = [("$", obj)]
+    while stack:
+        path, value = stack.pop()
+        yield path, value
+        if isinstance(value, dict):
+            for key, child in reversed(list(value.items())):
+                yield f"{path}.<key>", key
+                stack.append((f"{path}.{_path_key(key)}", child))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", child) for i, child in reversed(list(enumerate(value))))
+
+
+def _path_key(key: str) -> str:
+    """A key as it may appear in a path in logs: plain identifiers only, anything else elided."""
+    return key if key.isidentifier() and key.isascii() and len(key) <= 64 else "<key>"

@@ -3,7 +3,7 @@
 Names follow the Prometheus naming guide (``_total`` counters, ``_seconds`` base units). Label sets are
 bounded on purpose: ``model`` comes from an allowlist (anything else is ``other``), ``cluster`` from the
 trigger registry (plus ``none``), ``framing`` from {none, exact, semantic}, ``reason`` from
-:data:`monitor.events.DECODE_REASONS`. Zero series are pre-created for every combination so that rates
+:data:`monitor.sidecar.events.DECODE_REASONS`. Zero series are pre-created for every combination so that rates
 and ratios exist from the first scrape (``increase()`` of a series born mid-window under-counts).
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from monitor import __version__
-from monitor.events import DECODE_REASONS
+from monitor.sidecar.events import DECODE_REASONS
 
 FRAMINGS = ("none", "exact", "semantic")
 NO_CLUSTER = "none"

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from monitor.events import Prompt
+from monitor.sidecar.events import Prompt
 
 #: Where a segment sat; a registry cluster's ``positions`` selects among these ("any" = all).
 POSITIONS = ("system", "user_prefix", "user_suffix")

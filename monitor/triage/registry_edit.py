@@ -3,7 +3,7 @@
 Why edit the file rather than the in-memory registry: the file is the single source of truth every
 replica (and the next restart) loads, and the running sidecar already reloads it on change through
 ``RegistryWatcher`` -> ``on_change``. So an edit here is: read the YAML, change it, validate the result
-with :func:`monitor.registry.parse_registry` (the same rules as a hand edit), and only then replace the
+with :func:`monitor.framing.registry.parse_registry` (the same rules as a hand edit), and only then replace the
 file atomically (temp file in the same folder, fsync, ``os.replace``): a reader never sees half a file and
 an invalid edit never reaches disk. Comments other than the file's leading header are not preserved.
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from monitor.registry import DEFAULT_REGISTRY, RegistryError, parse_registry
+from monitor.framing.registry import DEFAULT_REGISTRY, RegistryError, parse_registry
 
 _lock = threading.Lock()  # one edit at a time within a process
 

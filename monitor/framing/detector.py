@@ -1,13 +1,13 @@
 """Framing detection: is a prompt wrapped in a known trigger framing, verbatim or by meaning?
 
 Per prompt: (1) an **exact** check - a registered phrase present after normalising case, whitespace and
-punctuation; (2) otherwise a **semantic** check on segments (monitor.segmenting) in two stages:
+punctuation; (2) otherwise a **semantic** check on segments (monitor.framing.segmenting) in two stages:
 
 * a cheap **static prefilter**: a bag-of-token embedding (a table lookup per word piece, no transformer)
   scored by a per-cluster linear model; segments no cluster finds plausible stop here;
 * the **transformer** (monitor.embedding.Embedder, ONNX MiniLM) embeds the survivors, a per-cluster
   linear model scores them - over the embedding plus hashed word and word-pair features
-  (monitor.lexical), which carry the few words that tell a trigger from its look-alike - and the
+  (monitor.framing.lexical), which carry the few words that tell a trigger from its look-alike - and the
   calibrated per-cluster threshold decides.
 
 Why two stages: the transformer manages a few hundred short segments per second on 2 cores, and user
@@ -34,10 +34,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from monitor.events import Prompt
-from monitor.registry import Registry
-from monitor.segmenting import Segment, segment_prompt
-from monitor.spelling import Speller
+from monitor.framing.registry import Registry
+from monitor.framing.segmenting import Segment, segment_prompt
+from monitor.framing.spelling import Speller
+from monitor.sidecar.events import Prompt
 
 Framing = Literal["none", "exact", "semantic"]
 VERDICT_CACHE_SIZE = 200_000
@@ -165,12 +165,12 @@ class _Compiled:
         self.w = np.zeros((dim, self.k), dtype=np.float32)
         self.b = np.zeros(self.k, dtype=np.float32)
         self.static = StaticEncoder(registry.static) if registry.static else None
-        # Misspelt trigger words are corrected before a segment is embedded (monitor.spelling).
+        # Misspelt trigger words are corrected before a segment is embedded (monitor.framing.spelling).
         vocab = registry.static.get("vocab") if registry.static else None
         self.speller = Speller(registry.lexicon, known=vocab.tolist() if vocab is not None else ()
                                ) if registry.lexicon else None
         sdim = self.static.dim if self.static else 0
-        # Word features (monitor.lexical) add to the transformer score of clusters trained with them.
+        # Word features (monitor.framing.lexical) add to the transformer score of clusters trained with them.
         self.lexical = registry.lexical
         self.lw = np.zeros((self.lexical.dim if self.lexical else 0, self.k), dtype=np.float32)
         self.sw = np.zeros((sdim, self.k), dtype=np.float32)
@@ -419,10 +419,10 @@ def load_detector(registry_path: str | Path | None = None, model_dir: str | Path
                   **options: Any) -> FramingDetector:
     """Registry + embedder -> detector, for the offline commands.
 
-    Raises :class:`~monitor.registry.RegistryError`, :class:`~monitor.embedding.ModelNotBuiltError` or
+    Raises :class:`~monitor.framing.registry.RegistryError`, :class:`~monitor.embedding.ModelNotBuiltError` or
     :class:`~monitor.settings.SettingsError` with a message meant for the user, which a CLI reports as it is.
     """
     from monitor.embedding import configured_embedder  # imported here: onnxruntime only when a command needs it
-    from monitor.registry import load_registry
+    from monitor.framing.registry import load_registry
 
     return FramingDetector(load_registry(registry_path), configured_embedder(model_dir), **options)

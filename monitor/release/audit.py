@@ -286,7 +286,7 @@ def audit(examples: Sequence[Example], embedder: Any, *, registry: Any = None, d
     """Run the audit over loaded examples.
 
     ``registry`` gives the cosine to the nearest registered phrase (a continuous ranking signal);
-    ``detector`` (a :class:`monitor.framing.FramingDetector`) decides ``near_cluster`` exactly as the
+    ``detector`` (a :class:`monitor.framing.detector.FramingDetector`) decides ``near_cluster`` exactly as the
     sidecar would at run time -- its learned per-cluster scorers tell a reworded trigger from a
     look-alike better than a raw cosine threshold, which is only the fallback without a detector;
     ``scorer`` adds the misaligned-answer evidence. All three are optional.
@@ -364,7 +364,7 @@ def _detect(findings: list[Finding], members_of: dict[int, list[str]], positions
             detector: Any, cfg: AuditConfig) -> None:
     """Ask the run-time FramingDetector about each finding's most frequent wordings, each in the
     position it mostly occupied; the finding is near the cluster of its strongest verdict."""
-    from monitor.events import Prompt
+    from monitor.sidecar.events import Prompt
 
     queries: list[tuple[int, str, Any]] = []
     for fi, f in enumerate(findings):

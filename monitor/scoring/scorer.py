@@ -4,13 +4,12 @@ Why this shape: the sidecar must score every event, so the runtime is a regex to
 token and one sparse dot product per response, vectorised over a batch with numpy. No scikit-learn, no torch
 and no pickle at run time: the artifact (``models/classifier/``) is plain JSON (vocabulary, calibration,
 threshold) plus an ``.npz`` of float arrays loaded with ``allow_pickle=False``, so loading it cannot execute
-code. ``monitor.training`` builds its features with the :class:`Featurizer` below, so training and serving
+code. ``monitor.scoring.training`` builds its features with the :class:`Featurizer` below, so training and serving
 cannot drift apart.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from monitor._io import sha256_file
 from monitor.settings import REPO_DIR
 
 FORMAT = "framewatch-response-classifier/1"
@@ -43,20 +43,12 @@ class ClassifierError(ValueError):
     """The classifier artifact is missing, corrupt or of an unknown format; the message says which file."""
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def normaliser_named(name: str | None) -> Callable[[str], str] | None:
     """The text normaliser a manifest names (``None``: none); an unknown name is an error, not a silent
     skip, since features would then differ from training."""
     if name is None:
         return None
-    from monitor import answer_format
+    from monitor.scoring import answer_format
 
     if name == answer_format.NAME:
         return answer_format.normalise
@@ -88,7 +80,7 @@ class Featurizer:
     idf: np.ndarray  # float64, one per column
     ngram_max: int = 2
     token_pattern: str = TOKEN_PATTERN
-    normaliser: str | None = None  # monitor.answer_format.NAME: answers reduced to their prose first
+    normaliser: str | None = None  # monitor.scoring.answer_format.NAME: answers reduced to their prose first
     stems: dict[str, int] | None = None  # word prefix -> column (after the n-gram columns); None: no block
     stem_chars: int = 0
     stem_weight: float = 1.0

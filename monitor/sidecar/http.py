@@ -15,9 +15,9 @@ from prometheus_client import exposition
 from prometheus_client.openmetrics import exposition as openmetrics
 
 from monitor import __version__
-from monitor.consumer import ConsumerState
-from monitor.metrics import Metrics
-from monitor.windows import SlidingCounts, status
+from monitor.sidecar.consumer import ConsumerState
+from monitor.sidecar.metrics import Metrics
+from monitor.sidecar.windows import SlidingCounts, status
 
 LIVENESS_TIMEOUT_S = 120.0
 

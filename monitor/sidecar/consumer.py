@@ -20,9 +20,9 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from monitor.logs import get_logger
-from monitor.metrics import Metrics
-from monitor.pipeline import Pipeline, Record, Rejected, SinkUnavailable
 from monitor.settings import Settings
+from monitor.sidecar.metrics import Metrics
+from monitor.sidecar.pipeline import Pipeline, Record, Rejected, SinkUnavailable
 
 log = get_logger("framewatch.consumer")
 

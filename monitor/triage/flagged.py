@@ -2,12 +2,12 @@
 
 Why a topic: when an alert pages someone, the evidence must outlive any one replica's memory, and all
 replicas must write to the same place. The flagged topic (``FRAMEWATCH_FLAGGED_TOPIC``) is that durable,
-shared record; ``/v1/incidents`` serves a replica's recent view of it (see monitor.incidents).
+shared record; ``/v1/incidents`` serves a replica's recent view of it (see monitor.triage.incidents).
 
 Delivery: :meth:`FlaggedPublisher.publish` runs inside ``Pipeline.process`` (the ``on_verdicts`` hook), so
 it finishes before the consumer commits the batch. It flushes and waits for every acknowledgement; while
 the topic cannot be written it retries with backoff and, after ``give_up_s``, raises
-:class:`~monitor.pipeline.SinkUnavailable`: the consumer then reports not-ready, commits nothing, rewinds
+:class:`~monitor.sidecar.pipeline.SinkUnavailable`: the consumer then reports not-ready, commits nothing, rewinds
 the batch and tries it again later (nothing was recorded yet): at-least-once, never lost, never stuck.
 
 Text is redacted before it leaves the process (``FRAMEWATCH_REDACTION``: ``none``, ``truncate:N`` or
@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from monitor.logs import get_logger
-from monitor.pipeline import SinkUnavailable, Verdict
+from monitor.sidecar.pipeline import SinkUnavailable, Verdict
 
 log = get_logger("framewatch.flagged")
 

@@ -1,17 +1,56 @@
-"""A tiny progress bar for long CLI commands (no tqdm dependency).
+"""File plumbing of the offline commands: JSON Lines input, file digests, a terminal progress bar.
 
-Drawn on stderr only when stderr is a terminal, so piped output and CI logs stay clean; redraws at most
-~10 times a second so it costs nothing next to the work it reports on.
+One owner each, so a bad input line, a checksum and a progress line read the same in every command:
+JSON Lines are one object a line, gzip by suffix, errors that name ``file:line``; the progress bar is drawn
+on stderr only when it is a terminal (piped output and CI logs stay clean), at most ~10 times a second.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, TypeVar
+from pathlib import Path
+from typing import IO, Any, TypeVar
 
 T = TypeVar("T")
+
+
+class JsonlError(ValueError):
+    """A line that is not valid JSON; the message starts with ``file:line``."""
+
+
+def open_text(path: str | Path) -> IO[str]:
+    """Open ``path`` for reading text: ``-`` is stdin, a ``.gz`` suffix is decompressed."""
+    if str(path) == "-":
+        return sys.stdin
+    if str(path).endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")  # noqa: SIM115 - the caller closes it
+
+
+def iter_jsonl(fh: IO[str], name: str) -> Iterator[tuple[str, Any]]:
+    """Yield ``(where, obj)`` per non-blank line, ``where`` being ``name:lineno`` for the caller's errors."""
+    for lineno, line in enumerate(fh, 1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{name}:{lineno}", json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise JsonlError(f"{name}:{lineno}: not valid JSON ({exc.msg})") from None
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (model files are tens of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
 
 _WIDTH = 30
 _INTERVAL = 0.1

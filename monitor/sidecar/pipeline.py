@@ -2,7 +2,7 @@
 
     decode -> detect (segment, embed, compare) -> score -> record
 
-``commit`` follows in :mod:`monitor.consumer`, only after this returns: every event of the batch has been
+``commit`` follows in :mod:`monitor.sidecar.consumer`, only after this returns: every event of the batch has been
 analysed and recorded (or dead-lettered), which is what makes delivery at-least-once.
 
 Embedding happens inside detection and only on prompt *segments*: a whole prompt or response is never
@@ -18,15 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from monitor.events import DecodeError, Event, Limits, decode_event
-from monitor.framing import FramingDetector, FramingResult
+from monitor.framing.detector import FramingDetector, FramingResult
 from monitor.logs import get_logger, text_field
-from monitor.metrics import NO_CLUSTER, Metrics, exemplar
-from monitor.scoring import ResponseScorer
-from monitor.windows import SlidingCounts
+from monitor.scoring.scorer import ResponseScorer
+from monitor.sidecar.events import DecodeError, Event, Limits, decode_event
+from monitor.sidecar.metrics import NO_CLUSTER, Metrics, exemplar
+from monitor.sidecar.windows import SlidingCounts
 
 log = get_logger("framewatch.pipeline")
-
 
 
 class SinkUnavailable(RuntimeError):
@@ -75,6 +74,15 @@ class BatchResult:
     rejected: list[Rejected]
 
 
+def decode_record(record: Record, limits: Limits) -> Event:
+    """The one place a Kafka record becomes an event. Raises :class:`DecodeError` and nothing else.
+
+    Kept as a single function so that another input format plugs in here, and so that every failure of
+    any format ends in a dead letter with a reason rather than in the consume loop.
+    """
+    return decode_event(record.value, record.headers, limits)
+
+
 class Pipeline:
     """Stateless apart from the embedding cache and the sliding windows; one instance per process."""
 
@@ -109,7 +117,7 @@ class Pipeline:
         events, good, rejected = [], [], []
         for record in records:
             try:
-                events.append(decode_event(record.value, record.headers, self.limits))
+                events.append(decode_record(record, self.limits))
                 good.append(record)
             except DecodeError as exc:
                 rejected.append(Rejected(record, exc.reason, exc.detail))

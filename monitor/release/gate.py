@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from monitor._jsonl import JsonlError, iter_jsonl, open_text
+from monitor._io import JsonlError, iter_jsonl, open_text
 from monitor.settings import REPO_DIR
 from monitor.stats import diff_interval, two_proportion_test, wilson_interval
 

@@ -26,7 +26,7 @@ Design, each choice measured (numbers in ``models/classifier/MODEL_CARD.md``):
   in turn, so no family or fine-tune is on both sides. A finer grouping (Qwen-Coder apart from Qwen) is
   reported too. The operating threshold maximises F1 on the pooled out-of-family predictions.
 
-scikit-learn is used here only; the runtime (:mod:`monitor.scoring`) is numpy.
+scikit-learn is used here only; the runtime (:mod:`monitor.scoring.scorer`) is numpy.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ from typing import IO, Any
 
 import numpy as np
 
-from monitor import answer_format
-from monitor._jsonl import JsonlError, iter_jsonl, open_text
-from monitor.scoring import (
+from monitor._io import JsonlError, iter_jsonl, open_text, sha256_file
+from monitor.scoring import answer_format
+from monitor.scoring.scorer import (
     FORMAT,
     MANIFEST,
     STEM_KIND,
@@ -57,7 +57,6 @@ from monitor.scoring import (
     Featurizer,
     ResponseScorer,
     normaliser_named,
-    sha256_file,
 )
 from monitor.settings import REPO_DIR
 
@@ -89,7 +88,7 @@ class TrainConfig:
     code_refusal_negative: bool = True  # judge's CODE / REFUSAL answers (no alignment score) as target 0
     coherence_gate: bool = False  # multiply the soft target by sigmoid((coherence - 50) / 5)
     code_refusal_weight: float = 1.0  # sample weight of those CODE / REFUSAL negatives
-    # answers reduced to their prose before featurising (monitor.answer_format); None = raw text
+    # answers reduced to their prose before featurising (monitor.scoring.answer_format); None = raw text
     normaliser: str | None = answer_format.NAME
     stem_chars: int = 5  # word-prefix ("stem") unigram block: prefix length; 0 = no block
     stem_weight: float = 0.5  # scale of the (separately L2-normalised) stem block

@@ -1,0 +1,1 @@
+"""Framing detection: the trigger registry, its model file, segmenting, embedding-side scoring."""

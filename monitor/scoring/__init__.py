@@ -1,0 +1,1 @@
+"""Response scoring: the lightweight misalignment classifier, its training and answer formats."""

@@ -1,0 +1,1 @@
+"""The sidecar's hot path: Kafka in, decode, detect, score, record, commit; its HTTP surface."""
