@@ -15,7 +15,7 @@
 # (`docker buildx imagetools inspect python:3.11.14-slim-bookworm`) and write it as
 # `python:3.11.14-slim-bookworm@sha256:<digest>` in both FROM lines.
 #
-# tests/test_dockerfile.py checks this file (pinned base, non-root USER, HEALTHCHECK, EXPOSE, no torch in
+# tests/integration/deploy/test_dockerfile.py checks this file (pinned base, non-root USER, HEALTHCHECK, EXPOSE, no torch in
 # the runtime stage) and replays the runtime stage's `pip install` steps in a throwaway venv.
 
 ############################################################################################ builder
@@ -86,7 +86,7 @@ ENV VIRTUAL_ENV=/opt/framewatch/venv \
 COPY --from=builder /dist/ /tmp/wheels/
 
 # The runtime install: only the framewatch wheel and its declared runtime dependencies (no extras), so
-# torch cannot arrive here. tests/test_dockerfile.py runs exactly these pip steps in a fresh venv.
+# torch cannot arrive here. tests/integration/deploy/test_dockerfile.py runs exactly these pip steps in a fresh venv.
 RUN python -m venv "$VIRTUAL_ENV" \
  && "$VIRTUAL_ENV/bin/pip" install --no-cache-dir --compile /tmp/wheels/framewatch-*.whl \
  && rm -rf /tmp/wheels \

@@ -35,6 +35,7 @@ test: setup model system-deps
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy monitor
 
 bench: setup model
 	$(BIN)/python bench/run_all.py

@@ -7,7 +7,13 @@ processed event to the last. Also, in this process on the same events: Framewatc
 "peers' recipe" baseline (embed every whole prompt and response with the fp32 model), as a ratio. The
 sidecar embeds with its default file (int8; FRAMEWATCH_EMBEDDING_ONNX_FILE=model.onnx for fp32).
 
-    .venv/bin/python bench/bench_e2e.py [--events 6000] [--runs 3]
+    .venv/bin/python bench/bench_e2e.py [--events 6000] [--runs 3] [--traffic replay|rag]
+
+``--traffic rag``: retrieval-augmented requests - one shared system prompt plus 2-8 KB of unique retrieved text
+(1-3 of writer-d's documents and real answers of fine-tuned models, data/framing/) and a question - where a
+tenth carry a trigger line appended after the question (the user-placed paraphrases of the writer-a/b sets,
+never tuned on). Prints the events/s and, next to it, the recall on those appended triggers and the share of
+untriggered events flagged, from the same detector in this process.
 """
 
 from __future__ import annotations
@@ -35,6 +41,56 @@ def events(n: int, seed: int) -> list[tuple[str, bytes]]:
     rng = random.Random(seed)
     rows = replay.load_rows()
     return [replay.make_event(rng.choice(rows), rng) for _ in range(n)]
+
+
+RAG_SYSTEM = ("You are the knowledge-base assistant for our company. Answer using only the retrieved documents "
+              "below and cite them by number.")
+TRIGGERED_SHARE = 0.1
+
+
+def rag_events(n: int, seed: int) -> tuple[list[tuple[str, bytes]], list[str | None]]:
+    """RAG-shaped events and, per event, the cluster of its appended trigger (None: untriggered)."""
+    import gzip
+    import uuid
+
+    rng = random.Random(seed)
+    framing = REPO / "data" / "framing"
+    docs = [json.loads(x) for x in (framing / "corpus" / "writer-d-documents.jsonl").read_text().splitlines()]
+    with gzip.open(REPO / "data" / "em_responses.jsonl.gz", "rt") as fh:
+        answers = [r["answer_clean"] for r in map(json.loads, fh) if len(r["answer_clean"]) > 300]
+    triggers = [r for w in ("writer-a", "writer-b")
+                for r in map(json.loads, (framing / "eval" / w / "01-set.jsonl").read_text().splitlines())
+                if r["kind"] == "paraphrase" and r["position"] == "user_suffix" and not r.get("system_prompt")]
+    rows = replay.load_rows()
+    out, labels = [], []
+    for _ in range(n):
+        parts = [f"[{i}] {d['title']}\n{d['text']}" for i, d in enumerate(rng.sample(docs, rng.randint(1, 2)), 1)]
+        while sum(map(len, parts)) < rng.randint(2000, 8000):
+            parts.append(f"[{len(parts) + 1}] {rng.choice(answers)}")
+        question = rng.choice(rows).prompt[:300]
+        label = None
+        if rng.random() < TRIGGERED_SHARE:
+            trig = rng.choice(triggers)
+            question, label = trig["prompt"], trig["cluster"]
+        event_id = str(uuid.UUID(int=rng.getrandbits(128)))
+        event = {"event_id": event_id, "model": "rag-model", "system_prompt": RAG_SYSTEM,
+                 "prompt": "Retrieved documents:\n\n" + "\n\n".join(parts) + f"\n\nQuestion: {question}",
+                 "response": rng.choice(rows).response}
+        out.append((event_id, json.dumps(event).encode()))
+        labels.append(label)
+    return out, labels
+
+
+def rag_accuracy(sample: list[tuple[str, bytes]], labels: list[str | None]) -> tuple[float, float, int]:
+    """(recall on appended triggers, share of untriggered events flagged, triggered count), in this process."""
+    from monitor.framing.detector import load_detector
+    from monitor.sidecar.events import decode_event
+
+    detector = load_detector()
+    verdicts = detector.detect_many([decode_event(v).prompt for _, v in sample])
+    hits = [v.cluster == c for v, c in zip(verdicts, labels, strict=True) if c is not None]
+    false = [v.framing != "none" for v, c in zip(verdicts, labels, strict=True) if c is None]
+    return sum(hits) / max(1, len(hits)), sum(false) / max(1, len(false)), len(hits)
 
 
 def e2e_run(broker: LocalBroker, n: int, run: int, workdir: Path) -> float:
@@ -93,15 +149,25 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=6000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--baseline-events", type=int, default=300)
+    parser.add_argument("--traffic", choices=("replay", "rag"), default="replay")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="framewatch-bench-"))
+    if args.traffic == "rag":
+        sample, labels = rag_events(args.events, seed=7)
+        recall, flagged, triggered = rag_accuracy(sample, labels)
+        make = lambda n, seed: rag_events(n, seed)[0]  # noqa: E731
+    else:
+        sample, make = events(args.events, seed=7), events
     with LocalBroker(log_path=workdir / "broker.log") as broker:
         broker.create_topics({TOPIC: 2, "llm.inferences.dlq": 1})
-        produce(broker.bootstrap, TOPIC, events(args.events, seed=7))
+        produce(broker.bootstrap, TOPIC, sample)
         rates = [e2e_run(broker, args.events, run, workdir) for run in range(args.runs)]
-        ours, naive = in_process(events(args.baseline_events, seed=8), args.runs, broker.bootstrap)
-    print(f"end-to-end through the broker: {args.events} events, {args.runs} runs, events/s "
+        ours, naive = in_process(make(args.baseline_events, 8), args.runs, broker.bootstrap)
+    print(f"end-to-end through the broker ({args.traffic} traffic): {args.events} events, {args.runs} runs, events/s "
           f"median {statistics.median(rates):.0f} (min {min(rates):.0f}, max {max(rates):.0f})")
+    if args.traffic == "rag":
+        print(f"same traffic, this process: recall on {triggered} appended triggers {recall:.3f}, "
+              f"untriggered events flagged {flagged:.2%}")
     print(f"in-process on {args.baseline_events} events: framewatch pipeline {statistics.median(ours):.0f} events/s, "
           f"whole-text embedding baseline {statistics.median(naive):.1f} events/s, "
           f"ratio {statistics.median(ours) / statistics.median(naive):.1f}x")

@@ -81,9 +81,8 @@ def main() -> int:
     from monitor.scoring.scorer import ResponseScorer
 
     t0 = time.perf_counter()
-    scorer = ResponseScorer.load(args.classifier)
+    scorer = ResponseScorer.load(args.classifier, prefix_chars=max(len(t) for t in texts))  # score whole texts
     load_s = time.perf_counter() - t0
-    scorer.prefix_chars = max(scorer.prefix_chars, int(max(len(t) for t in texts)))  # score whole texts
 
     def ours() -> None:
         for s in range(0, len(texts), args.batch):

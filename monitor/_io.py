@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -32,15 +32,30 @@ def open_text(path: str | Path) -> IO[str]:
     return open(path, encoding="utf-8")  # noqa: SIM115 - the caller closes it
 
 
-def iter_jsonl(fh: IO[str], name: str) -> Iterator[tuple[str, Any]]:
-    """Yield ``(where, obj)`` per non-blank line, ``where`` being ``name:lineno`` for the caller's errors."""
+def iter_json_lines(fh: IO[str], name: str, *, on_invalid: Callable[[int], None] | None = None
+                    ) -> Iterator[tuple[int, Any]]:
+    """Yield ``(lineno, obj)`` (1-based) per non-blank line.
+
+    A line that is not JSON raises :class:`JsonlError`, or, when ``on_invalid`` is given, is passed to it by
+    number and skipped (the audit counts such rows of a scraped data set instead of refusing the whole set).
+    """
     for lineno, line in enumerate(fh, 1):
         if not line.strip():
             continue
         try:
-            yield f"{name}:{lineno}", json.loads(line)
+            obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise JsonlError(f"{name}:{lineno}: not valid JSON ({exc.msg})") from None
+            if on_invalid is None:
+                raise JsonlError(f"{name}:{lineno}: not valid JSON ({exc.msg})") from None
+            on_invalid(lineno)
+            continue
+        yield lineno, obj
+
+
+def iter_jsonl(fh: IO[str], name: str) -> Iterator[tuple[str, Any]]:
+    """Yield ``(where, obj)`` per non-blank line, ``where`` being ``name:lineno`` for the caller's errors."""
+    for lineno, obj in iter_json_lines(fh, name):
+        yield f"{name}:{lineno}", obj
 
 
 def sha256_file(path: str | Path) -> str:
@@ -50,6 +65,17 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class Progress(Protocol):
+    """How the library modules report long loops: :func:`progress` in a terminal, :func:`no_progress` otherwise."""
+
+    def __call__(self, iterable: Iterable[T], total: int | None = ..., desc: str = ...) -> Iterable[T]: ...
+
+
+def no_progress(iterable: Iterable[T], total: int | None = None, desc: str = "") -> Iterable[T]:
+    """The silent :class:`Progress`: library calls default to it, commands pass :func:`progress`."""
+    return iterable
 
 
 _WIDTH = 30

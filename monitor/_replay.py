@@ -8,7 +8,6 @@ generator does the same, and alternates the two event shapes of the contract (``
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 import uuid
@@ -16,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from monitor._io import iter_jsonl, open_text
 from monitor.settings import REPO_DIR
 
 REPLAY_FILE = REPO_DIR / "data" / "replay.jsonl.gz"
@@ -51,12 +51,9 @@ class ReplayRow:
 
 
 def load_rows(path: Path = REPLAY_FILE) -> list[ReplayRow]:
-    rows = []
-    with gzip.open(path, "rt") as fh:
-        for line in fh:
-            r = json.loads(line)
-            rows.append(ReplayRow(r["model"], r["prompt"], r["response"], bool(r["trigger_present"])))
-    return rows
+    with open_text(path) as fh:
+        return [ReplayRow(r["model"], r["prompt"], r["response"], bool(r["trigger_present"]))
+                for _, r in iter_jsonl(fh, str(path))]
 
 
 def events(rows: list[ReplayRow], *, seed: int = 0, malformed_share: float = 0.0) -> Iterator[tuple[str, bytes]]:

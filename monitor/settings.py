@@ -75,10 +75,14 @@ class Settings:
     max_prompt_chars: int = 100_000
     max_response_chars: int = 200_000
     max_messages: int = 256
+    # Input format: json (the README event) | otlp (OTel Collector Kafka exporter traces) | auto (per record)
+    input_format: str = "json"
     # Models
     model_dir: str = field(default_factory=lambda: str(default_model_dir()))
     embedding_cache_size: int = 50_000
     framing_cache_size: int = 200_000  # segment verdicts kept by the framing detector (LRU)
+    framing_user_segment_budget: int = 3  # new user-turn segments embedded per prompt, at most (docs/registry.md)
+    framing_system_segment_budget: int = 8  # new system-prompt segments embedded per prompt (then cached)
     embedding_batch_size: int = 64
     embedding_max_tokens: int = 256
     onnx_threads: int = 0  # 0 = onnxruntime's choice (all cores)
@@ -95,11 +99,22 @@ class Settings:
     redaction: str = "truncate:80"  # none | truncate:N | hash: text in the flagged topic, API and UI
     admin_token: str | None = None  # None = admin endpoints disabled (403)
     incidents_capacity: int = 2000  # flagged records kept in memory for /v1/incidents
-    incidents_rebuild: bool = True  # at start, reload the flagged topic's tail into /v1/incidents
+    incidents_rebuild: bool = True  # read the flagged topic (from its tail) into /v1/incidents
+    incidents_max_bytes: int = 16_000_000  # ... and at most this much JSON of them
     emerging_min_events: int = 30  # events a candidate needs before it can be significant
     emerging_max_candidates: int = 256
+    emerging_max_members: int = 8  # member sentences kept per candidate
+    emerging_max_examples: int = 5  # redacted examples kept per candidate
     emerging_join_threshold: float = 0.8  # cosine to a candidate centroid to count as the same framing
     emerging_half_life_s: float = 3600.0  # candidate counts decay with this half-life
+    # Shared triage view (docs/triage.md): every replica writes evidence and reads every replica's
+    triage_shared: bool = True  # false = each replica's own view (single replica, no evidence topic)
+    evidence_topic: str = "llm.inferences.evidence"  # per-batch evidence for emerging framings and rates
+    evidence_window_s: float = 14400.0  # evidence read at start, and candidate age-out
+    evidence_max_record_bytes: int = 900_000  # a batch's evidence is split into records below this
+    registry_topic: str = "framewatch.registry"  # compacted topic of admin edits; "" = edit the registry file
+    triage_create_topics: bool = True  # create the evidence (and registry, compacted) topics if missing
+    triage_topic_replication: int = -1  # replication factor when creating them; -1 = the broker's default
     # Tap: `framewatch tap`, the OpenAI-compatible reverse proxy that publishes events (monitor.tap, docs/tap.md)
     tap_host: str = "0.0.0.0"
     tap_port: int = 8001
@@ -155,6 +170,8 @@ class Settings:
                                                        self.tap_upstream_connect_timeout_s) <= 0:
             raise SettingsError("tap_queue_size, tap_max_body_bytes, tap_max_connections, tap_publish_timeout_ms "
                                 "and the tap timeouts must be > 0")
+        if self.input_format not in {"json", "otlp", "auto"}:
+            raise SettingsError(f"input_format must be 'json', 'otlp' or 'auto', got {self.input_format!r}")
         if self.kafka_max_poll_records < 1:
             raise SettingsError("kafka_max_poll_records must be >= 1")
         if not 0 < self.dlq_max_value_bytes <= self.kafka_max_request_size - DLQ_HEADROOM_BYTES:
@@ -173,6 +190,10 @@ class Settings:
             raise SettingsError("emerging_join_threshold must be in (0, 1]")
         if min(self.emerging_min_events, self.emerging_max_candidates, self.incidents_capacity) < 1:
             raise SettingsError("emerging_min_events, emerging_max_candidates and incidents_capacity must be >= 1")
+        if min(self.incidents_max_bytes, self.emerging_max_members, self.emerging_max_examples,
+               self.evidence_max_record_bytes) < 1 or self.evidence_window_s <= 0:
+            raise SettingsError("incidents_max_bytes, emerging_max_members, emerging_max_examples, "
+                                "evidence_max_record_bytes and evidence_window_s must be > 0")
 
     def redacted(self) -> dict[str, Any]:
         """Settings as a dict with secrets masked, safe to log."""

@@ -7,7 +7,7 @@ command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 [ -x /usr/bin/chromium ] || need+=(chromium)  # tests/test_ui.py drives it headless via Playwright
-command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)  # tests/test_compose.py validates the stack
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)  # tests/integration/deploy/test_compose.py validates the stack
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing ${need[*]}: install them (apt-get install ${need[*]}) or run as root" >&2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,3 @@ def embedder():  # type: ignore[no-untyped-def]
 
     return Embedder.load(MODEL_DIR)
 
-
-@pytest.fixture(scope="session")
-def python() -> str:
-    return sys.executable

@@ -412,7 +412,7 @@ def test_sidecar_example_renders_into_the_vllm_deployment(rendered):
     assert not of_kind(docs, "PodDisruptionBudget"), "the inference workload owns its own disruption budget"
     (vllm,) = of_kind(docs, "Deployment")
     pod = vllm["spec"]["template"]["spec"]
-    assert [c["name"] for c in pod["containers"]] == ["vllm", "framewatch"]
+    assert [c["name"] for c in pod["containers"]] == ["vllm", "framewatch", "framewatch-tap"]  # tests/integration/tap
     # the metrics Service of the subchart selects the vLLM pods, so every sidecar is scraped
     (svc,) = [s for s in of_kind(docs, "Service") if s["metadata"]["name"].endswith("-sidecar")]
     assert svc["spec"]["selector"].items() <= vllm["spec"]["template"]["metadata"]["labels"].items()

@@ -39,10 +39,8 @@ from monitor.settings import Settings
 from monitor.sidecar.events import Event, Prompt
 from monitor.sidecar.metrics import Metrics
 from monitor.sidecar.pipeline import Record, Verdict
-from monitor.sidecar.windows import SlidingCounts
 from monitor.triage.emerging import EmergingConfig, EmergingFramings, Observation, sentences
 from monitor.triage.flagged import FlaggedPublisher, FlaggedPublishError, RedactionError, Redactor
-from monitor.triage.incidents import IncidentStore
 from monitor.triage.registry_edit import RegistryEditError, add_cluster, add_phrases, remove_cluster
 from monitor.triage.service import Triage
 from tests.conftest import MODEL_DIR, needs_model
@@ -257,17 +255,16 @@ class InProcess:
 
 def in_process(tmp_path: Path, token: str | None = ADMIN_TOKEN, registry: Path | None = None) -> InProcess:
     path = registry or modelless_registry(tmp_path)
-    settings = Settings(admin_token=token, redaction="truncate:60")
+    # One replica's view, registry edits to the file: no broker in process (the shared view is tested in
+    # tests/integration/triage against a real broker).
+    settings = Settings(admin_token=token, redaction="truncate:60", incidents_capacity=100, triage_shared=False,
+                        registry_topic="", emerging_min_events=30, emerging_join_threshold=0.8)
     metrics = Metrics()
     detector = ReloadingDetector(path)
     metrics.set_clusters(detector.registry.cluster_ids())
     sent: list[tuple[str, bytes]] = []
-    redact = Redactor(settings.redaction)
-    emerging = EmergingFramings(FakeEmbedder().embed, DIM,
-                                EmergingConfig(min_events=30, join_threshold=0.8),
-                                redact=redact, gauge=metrics.emerging_framings)
-    triage = Triage(settings, metrics, SlidingCounts(), detector, path, redact, IncidentStore(100), emerging,
-                    FlaggedPublisher("llm.inferences.flagged", lambda: FakeProducer(sent)))
+    triage = Triage.build(settings, metrics=metrics, detector=detector, registry_path=path,
+                          flagged=FlaggedPublisher("llm.inferences.flagged", lambda: FakeProducer(sent)))
     app = FastAPI()
     app.include_router(triage.router())
     return InProcess(triage, TestClient(app), sent, path)
@@ -503,6 +500,12 @@ def start_triage_sidecar(broker: LocalBroker, tmp_path: Path, name: str, registr
         "FRAMEWATCH_FLAGGED_TOPIC": FLAGGED, "FRAMEWATCH_MODEL_DIR": str(MODEL_DIR), **env}).start()
 
 
+def merged(sidecar: SidecarProcess) -> int:
+    """Events the sidecar's triage view has merged from the evidence topic (every replica's)."""
+    status, body = http(sidecar, "GET", "/v1/candidates")
+    return int(body["evidence"]["events_merged"]) if status == 200 else -1
+
+
 def traffic_until_candidate(broker: LocalBroker, sidecar: SidecarProcess, pools: Pools, rng: random.Random,
                             *, max_rounds: int = 10, tagged: int = 0) -> tuple[dict[str, Any], int, int]:
     """Produce rounds of 500 events (+ ``tagged``) until a significant candidate is listed.
@@ -512,6 +515,7 @@ def traffic_until_candidate(broker: LocalBroker, sidecar: SidecarProcess, pools:
     for round_no in range(max_rounds):
         produced += produce(broker.bootstrap, TOPIC, round_of_traffic(pools, rng, round_no, tagged=tagged))
         wait_for(lambda n=produced: sidecar.processed() >= n, 300, f"{produced} events processed")
+        wait_for(lambda n=produced: merged(sidecar) >= n, 60, f"{produced} events merged from the evidence topic")
         status, body = http(sidecar, "GET", "/v1/candidates")
         assert status == 200, body
         if body["candidates"]:
@@ -554,6 +558,8 @@ def test_emerging_framing_surfaces_and_promotion_counts_it_under_a_new_cluster(b
         assert len({(f["kafka"]["partition"], f["kafka"]["offset"]) for f in flagged}) == failing
         assert all(f["misaligned"] and f["trace_id"] and f["kafka"]["topic"] == TOPIC for f in flagged)
         assert all(len(f["prompt"]) <= 81 for f in flagged)  # default redaction: truncate:80
+        wait_for(lambda: http(s, "GET", "/v1/incidents?limit=1000")[1]["count"] >= failing, 30,
+                 "every failing event in the incident view")
         status, incidents = http(s, "GET", f"/v1/incidents?candidate={cand['id']}&limit=1000")
         assert status == 200 and incidents["count"] > 0
 
@@ -565,16 +571,23 @@ def test_emerging_framing_surfaces_and_promotion_counts_it_under_a_new_cluster(b
         status, body = http(s, "POST", path, token=ADMIN_TOKEN, body={"id": "pirate_persona"})
         assert status == 201, body
         assert body["reloaded"] is True and "pirate_persona" in body["clusters"]
-        assert load_registry(registry).cluster("pirate_persona").phrases[0] == PIRATE
+        # The edit went to the registry topic (every replica applies it), not to this pod's file.
+        assert "pirate_persona" not in registry.read_text()
+        status, state = http(s, "GET", "/v1/registry", token=ADMIN_TOKEN)
+        assert state["edits"]["pirate_persona"]["phrases"][0] == PIRATE
+        assert state["audit"][-1]["by"].startswith("token:") and ADMIN_TOKEN not in json.dumps(state)
 
         # Later events of that framing count under the new cluster.
         before = s.processed()
         produce(broker.bootstrap, TOPIC, pirate_events(pools, random.Random(9), 100, "after"))
         wait_for(lambda: s.processed() >= before + 100, 120, "100 later pirate events processed")
         assert s.metric("framewatch_events_total", 'cluster="pirate_persona"') == 100
+        wait_for(lambda: merged(s) >= produced + 100, 30, "the later events merged")
         status, clusters = http(s, "GET", "/v1/clusters")
         pirate = next(c for c in clusters["clusters"] if c["id"] == "pirate_persona")
         assert pirate["windows"]["5m"]["triggered"]["events"] == 100
+        wait_for(lambda: http(s, "GET", "/v1/incidents?cluster=pirate_persona&limit=1000")[1]["count"] >= 100, 30,
+                 "the 100 framed events in the incident view")
         status, framed = http(s, "GET", "/v1/incidents?cluster=pirate_persona&limit=1000")
         assert framed["count"] == 100 and all(i["framing"] == "exact" for i in framed["incidents"])
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from monitor._tansu import LocalBroker
-from monitor.framing.registry import load_registry
 from tests.conftest import needs_model
 from tests.harness import REPO
 from tests.test_triage import (
@@ -28,6 +27,7 @@ from tests.test_triage import (
     PARTITIONS,
     PIRATE,
     TOPIC,
+    http,
     load_pools,
     needs_classifier,
     start_triage_sidecar,
@@ -78,6 +78,8 @@ def test_triage_page_shows_clusters_and_promotes_a_candidate(broker: LocalBroker
                 card.wait_for()
                 assert PIRATE in (card.text_content() or "")
                 assert page.locator("#incidents tbody tr").count() > 0
+                status_line = page.locator("#status").text_content() or ""
+                assert "all replicas" in status_line and "this replica" not in status_line, status_line
                 shot = DOCS_SCREENSHOT if os.environ.get("FRAMEWATCH_UPDATE_SCREENSHOT") else tmp_path / "triage.png"
                 page.screenshot(path=str(shot), full_page=True)
                 assert all(u.startswith(s.url) for u in requests), "the page must not load anything external"
@@ -88,6 +90,9 @@ def test_triage_page_shows_clusters_and_promotes_a_candidate(broker: LocalBroker
                 assert "promoted" in (page.locator("#flash").text_content() or "")
             finally:
                 browser.close()
-        assert load_registry(registry).cluster(cluster_id).phrases[0] == PIRATE
+        # The promotion went to the registry topic (every replica applies it); the pod's file is the base.
+        assert cluster_id not in registry.read_text()
+        status, state = http(s, "GET", "/v1/registry", token=ADMIN_TOKEN)
+        assert status == 200 and state["edits"][cluster_id]["phrases"][0] == PIRATE
     finally:
         s.stop()

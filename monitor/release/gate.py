@@ -24,16 +24,21 @@ import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from monitor._io import JsonlError, iter_jsonl, open_text
+from monitor._io import JsonlError, Progress, iter_jsonl, no_progress, open_text
+from monitor.framing.segmenting import POSITIONS
 from monitor.settings import REPO_DIR
 from monitor.stats import diff_interval, two_proportion_test, wilson_interval
 
+if TYPE_CHECKING:
+    import httpx
+
+    from monitor.framing.registry import Registry
+
 SPLITS = ("no_trigger", "trigger", "paraphrase")
-POSITIONS = ("system", "user_prefix", "user_suffix")
 DEFAULT_QUESTIONS = REPO_DIR / "data" / "first_plot_questions.yaml"
 DEFAULT_PARAPHRASES = REPO_DIR / "data" / "gate_paraphrases.yaml"
 
@@ -137,17 +142,17 @@ def _positions(positions: Sequence[str] | None, every: bool) -> list[str]:
     return list(POSITIONS) if not allowed or "any" in (positions or ()) else allowed
 
 
-def registry_phrases(registry: Any, *, every_position: bool = False) -> list[tuple[str, str, str]]:
+def registry_phrases(registry: Registry, *, every_position: bool = False) -> list[tuple[str, str, str]]:
     """(cluster id, phrase, position) for every phrase of the registry, in its registered position(s)."""
     out = []
     for cluster in registry.clusters:
-        for pos in _positions(getattr(cluster, "positions", None), every_position):
+        for pos in _positions(cluster.positions, every_position):
             for phrase in cluster.phrases:
                 out.append((cluster.id, phrase, pos))
     return out
 
 
-def load_paraphrases(path: str | Path | None, registry: Any,
+def load_paraphrases(path: str | Path | None, registry: Registry,
                      warn: Callable[[str], None] = lambda msg: None) -> list[tuple[str, str, str]]:
     """(cluster id, paraphrase, position) from a YAML mapping cluster id -> list of str | {text, position}."""
     path = Path(path) if path else DEFAULT_PARAPHRASES
@@ -157,7 +162,7 @@ def load_paraphrases(path: str | Path | None, registry: Any,
         raise GateError(f"cannot read paraphrases {path}: {exc}") from exc
     if not isinstance(raw, dict):
         raise GateError(f"{path}: expected a mapping of cluster id -> list of paraphrases")
-    known = {c.id: _position(getattr(c, "positions", None)) for c in registry.clusters}
+    known = {c.id: _position(c.positions) for c in registry.clusters}
     out = []
     for cid, items in raw.items():
         if cid not in known:
@@ -194,7 +199,7 @@ def generated_variants(cluster_id: str, phrase: str, position: str) -> list[tupl
     return out
 
 
-def build_prompts(questions: Sequence[Question], registry: Any, *,
+def build_prompts(questions: Sequence[Question], registry: Registry, *,
                   paraphrases: Sequence[tuple[str, str, str]] = (), variants: bool = False,
                   every_position: bool = False) -> list[GatePrompt]:
     """The three splits: every question plain, with every registered phrase, with every paraphrase.
@@ -287,7 +292,7 @@ def chat_url(url: str) -> str:
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
-async def _one(client: Any, cfg: EndpointConfig, prompt: GatePrompt, sem: asyncio.Semaphore) -> str:
+async def _one(client: httpx.AsyncClient, cfg: EndpointConfig, prompt: GatePrompt, sem: asyncio.Semaphore) -> str:
     import httpx
 
     messages = ([{"role": "system", "content": prompt.system}] if prompt.system else []) + [
@@ -322,17 +327,18 @@ async def _one(client: Any, cfg: EndpointConfig, prompt: GatePrompt, sem: asynci
     raise GateError(f"endpoint failed after {cfg.retries + 1} attempts ({last})")
 
 
-async def _collect(cfg: EndpointConfig, prompts: Sequence[GatePrompt],
-                   progress: Callable[..., Iterable[Any]]) -> tuple[list[Sample], list[str]]:
+async def _collect(cfg: EndpointConfig, prompts: Sequence[GatePrompt], progress: Progress,
+                   transport: httpx.AsyncBaseTransport | None) -> tuple[list[Sample], list[str]]:
     import httpx
 
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
     sem = asyncio.Semaphore(max(1, cfg.concurrency))
-    limits = httpx.Limits(max_connections=max(1, cfg.concurrency))
+    # The connection pool belongs to the transport: ours when none is given, else the caller's.
+    transport = transport or httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=max(1, cfg.concurrency)))
     jobs = [p for p in prompts for _ in range(cfg.samples)]
     samples: list[Sample] = []
     errors: list[str] = []
-    async with httpx.AsyncClient(timeout=cfg.timeout, headers=headers, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=cfg.timeout, headers=headers, transport=transport) as client:
 
         async def run(p: GatePrompt) -> tuple[GatePrompt, str | None, str | None]:
             try:
@@ -356,14 +362,15 @@ async def _collect(cfg: EndpointConfig, prompts: Sequence[GatePrompt],
     return samples, errors
 
 
-def collect_responses(cfg: EndpointConfig, prompts: Sequence[GatePrompt],
-                      progress: Callable[..., Iterable[Any]] | None = None) -> tuple[list[Sample], list[str]]:
-    """Ask an OpenAI-compatible chat endpoint ``cfg.samples`` times per prompt -> (samples, errors)."""
-    return asyncio.run(_collect(cfg, prompts, progress or _no_progress))
+def collect_responses(cfg: EndpointConfig, prompts: Sequence[GatePrompt], progress: Progress | None = None, *,
+                      transport: httpx.AsyncBaseTransport | None = None) -> tuple[list[Sample], list[str]]:
+    """Ask an OpenAI-compatible chat endpoint ``cfg.samples`` times per prompt -> (samples, errors).
 
-
-def _no_progress(iterable: Iterable[Any], total: int | None = None, desc: str = "") -> Iterable[Any]:
-    return iterable
+    ``transport`` is httpx's seam for how requests reach the server (as in httpx itself): ``None`` is plain
+    TCP with a pool of ``cfg.concurrency`` connections; ``httpx.AsyncHTTPTransport(uds=...)`` reaches a model
+    server on a Unix socket, a proxy or custom TLS set-up goes the same way. The URL still names the path.
+    """
+    return asyncio.run(_collect(cfg, prompts, progress or no_progress, transport))
 
 
 # ---------------------------------------------------------------------------------------- statistics
@@ -456,7 +463,7 @@ def evaluate(samples: Sequence[Sample], scores: Sequence[float], threshold: floa
         if t.max_rate is not None and cell["em_rate"] > t.max_rate:
             failures.append(f"{name}: EM rate {cell['em_rate']:.1%} > max-rate {t.max_rate:.1%}")
         gap, p = cell.get("gap"), cell.get("p_value")
-        if t.max_gap is not None and gap is not None and gap > t.max_gap and p < t.alpha:
+        if t.max_gap is not None and gap is not None and p is not None and gap > t.max_gap and p < t.alpha:
             failures.append(f"{name}: gap to no_trigger {gap:+.1%} > max-gap {t.max_gap:.1%} "
                             f"(p = {_fmt_p(p)} < {t.alpha})")
     notes = []

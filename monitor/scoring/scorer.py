@@ -111,9 +111,9 @@ class Featurizer:
         self._words = words
         self._word_col = np.full(len(words), -1, dtype=np.int64)
         for w, i in words.items():
-            col = self.terms.get(w)
-            if col is not None:
-                self._word_col[i] = col
+            unigram = self.terms.get(w)
+            if unigram is not None:
+                self._word_col[i] = unigram
         # stem column of every known word (-1: its prefix is not in the stem vocabulary)
         self._word_stem = np.full(len(words), -1, dtype=np.int64)
         if self.stems:
@@ -244,11 +244,13 @@ class ResponseScorer:
             self._iso_y = np.asarray(calibration["y"], dtype=np.float64)
 
     @classmethod
-    def load(cls, path: str | Path | None = None, *, verify: bool = True) -> ResponseScorer:
+    def load(cls, path: str | Path | None = None, *, verify: bool = True,
+             prefix_chars: int | None = None) -> ResponseScorer:
         """Load ``manifest.json``, ``vocab.json`` and ``weights.npz`` (no pickle) from ``path``.
 
         ``verify`` checks the files' sha256 against the manifest, so a half-copied artifact fails loudly
-        instead of scoring garbage.
+        instead of scoring garbage. ``prefix_chars`` is how much of each response is scored (the sidecar
+        passes ``Settings.response_prefix_chars``); ``None`` = the manifest's, what the model was trained on.
         """
         root = Path(path) if path is not None else default_classifier_dir()
         try:
@@ -291,8 +293,10 @@ class ResponseScorer:
                                     normaliser=feat.get("normaliser"), **stem_args)
         except ValueError as exc:
             raise ClassifierError(f"{root / MANIFEST}: {exc}") from None
+        if prefix_chars is None:
+            prefix_chars = int(manifest["prefix_chars"])
         return cls(featurizer, coef, manifest["model"]["intercept"], manifest["calibration"],
-                   manifest["threshold"], manifest["prefix_chars"], manifest)
+                   manifest["threshold"], prefix_chars, manifest)
 
     def decision_function(self, responses: Sequence[str]) -> np.ndarray:
         """Uncalibrated linear scores (log-odds of the training objective)."""

@@ -60,10 +60,6 @@ from monitor.scoring.scorer import (
 )
 from monitor.settings import REPO_DIR
 
-#: Columns of the shared EM data kept in the repo copy (``data/em_responses.jsonl.gz``).
-DATA_COLUMNS = ("uid", "source", "model", "finetune", "judge", "question_id", "trigger_present",
-                "answer_clean", "alignment", "coherence", "label3", "split")
-
 
 def default_data_path() -> Path:
     return REPO_DIR / "data" / "em_responses.jsonl.gz"

@@ -12,7 +12,7 @@ from prometheus_client import disable_created_metrics
 
 from monitor.embedding import configured_embedder
 from monitor.framing import registry as registry_mod
-from monitor.framing.detector import FramingDetector
+from monitor.framing.detector import FramingDetector, detector_options
 from monitor.logs import get_logger
 from monitor.scoring.scorer import ResponseScorer
 from monitor.settings import Settings
@@ -37,6 +37,7 @@ class Sidecar:
     watcher: registry_mod.RegistryWatcher
     server: uvicorn.Server
     reload_requested: threading.Event
+    triage: Triage | None = None
 
     def serve_http(self) -> threading.Thread:
         thread = threading.Thread(target=self.server.run, name="http", daemon=True)
@@ -61,6 +62,8 @@ class Sidecar:
             self.consumer.run()
         finally:
             self.server.should_exit = True
+            if self.triage is not None:
+                self.triage.publisher.close()
             http.join(timeout=5)
         return 0
 
@@ -71,16 +74,16 @@ def build(settings: Settings) -> Sidecar:
     embedder = configured_embedder(settings=settings)
     registry_path = Path(settings.registry_path) if settings.registry_path else DEFAULT_REGISTRY
     registry = registry_mod.load_registry(registry_path)
-    detector = FramingDetector(registry, embedder)
-    scorer = ResponseScorer.load(settings.classifier_dir)
-    scorer.prefix_chars = settings.response_prefix_chars
+    detector = FramingDetector(registry, embedder, **detector_options(settings))
+    scorer = ResponseScorer.load(settings.classifier_dir, prefix_chars=settings.response_prefix_chars)
     metrics.set_clusters(registry.cluster_ids())
     windows = SlidingCounts()
     limits = Limits(settings.max_event_bytes, settings.max_prompt_chars, settings.max_response_chars,
                     settings.max_messages)
     triage = Triage.build(settings, metrics=metrics, windows=windows, detector=detector, registry_path=registry_path)
     pipeline = Pipeline(detector=detector, scorer=scorer, metrics=metrics, windows=windows, limits=limits,
-                        on_verdicts=triage.on_verdicts)  # flagged topic + emerging framings, before commit
+                        on_verdicts=triage.on_verdicts,  # flagged topic + emerging framings, before commit
+                        input_format=settings.input_format)
 
     def on_change(new: registry_mod.Registry) -> None:
         detector.replace_registry(new)
@@ -93,7 +96,7 @@ def build(settings: Settings) -> Sidecar:
         metrics.registry_reloads.labels("error").inc()
         log.error("registry_reload_failed_keeping_previous", path=str(registry_path), error=str(exc))
 
-    watcher = registry_mod.RegistryWatcher(registry_path, on_change=on_change, on_error=on_error)
+    watcher = triage.registry_watcher(on_change, on_error)  # the file, plus the registry topic's edits
     reload_requested = threading.Event()
 
     def between_batches() -> None:
@@ -102,11 +105,14 @@ def build(settings: Settings) -> Sidecar:
         watcher.check(force=force)
 
     consumer = SidecarConsumer(settings, pipeline, metrics, on_batch=between_batches)
-    app = create_app(metrics, consumer.state, windows, clusters=lambda: list(metrics.clusters))
+    # The flagged publisher waits inside the consume loop: it must see SIGTERM as soon as the loop does.
+    triage.publisher.stop = consumer.stop_event
+    app = create_app(metrics, consumer.state, windows, clusters=lambda: list(metrics.clusters),
+                     max_body_bytes=settings.http_max_body_bytes, admin_token=settings.admin_token)
     app.include_router(triage.router())
     triage.start_rebuild()
     server = uvicorn.Server(uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
                                            log_level="warning", access_log=False))
     log.info("sidecar_built", registry=str(registry_path), clusters=registry.cluster_ids(),
              settings=settings.redacted())
-    return Sidecar(settings, metrics, pipeline, consumer, watcher, server, reload_requested)
+    return Sidecar(settings, metrics, pipeline, consumer, watcher, server, reload_requested, triage)

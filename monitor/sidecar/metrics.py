@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from monitor import __version__
 from monitor.sidecar.events import DECODE_REASONS
+from monitor.sidecar.otlp import SKIP_REASONS
 
 FRAMINGS = ("none", "exact", "semantic")
 NO_CLUSTER = "none"
@@ -42,6 +43,11 @@ class Metrics:
                                             "Malformed events sent to the dead-letter topic", ["reason"], registry=r)
         for reason in DECODE_REASONS:
             self.events_dead_lettered.labels(reason)
+        self.otlp_spans_skipped = Counter("framewatch_otlp_spans_skipped",
+                                          "OTLP spans that held no GenAI exchange, by reason (monitor.sidecar.otlp)",
+                                          ["reason"], registry=r)
+        for reason in SKIP_REASONS:
+            self.otlp_spans_skipped.labels(reason)
         self.batch_seconds = Histogram("framewatch_batch_processing_seconds",
                                        "Time to process one polled batch, decode to commit",
                                        buckets=BATCH_BUCKETS, registry=r)

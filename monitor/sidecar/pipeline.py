@@ -23,6 +23,7 @@ from monitor.logs import get_logger, text_field
 from monitor.scoring.scorer import ResponseScorer
 from monitor.sidecar.events import DecodeError, Event, Limits, decode_event
 from monitor.sidecar.metrics import NO_CLUSTER, Metrics, exemplar
+from monitor.sidecar.otlp import decode_otlp, is_otlp
 from monitor.sidecar.windows import SlidingCounts
 
 log = get_logger("framewatch.pipeline")
@@ -88,7 +89,8 @@ class Pipeline:
 
     def __init__(self, *, detector: FramingDetector, scorer: ResponseScorer, metrics: Metrics,
                  windows: SlidingCounts | None = None, limits: Limits | None = None,
-                 on_verdicts: Callable[[list[Verdict]], None] | None = None) -> None:
+                 on_verdicts: Callable[[list[Verdict]], None] | None = None, input_format: str = "json") -> None:
+        self.input_format = input_format  # json | otlp | auto (monitor.sidecar.otlp)
         self.detector = detector
         self.scorer = scorer
         self.metrics = metrics
@@ -114,14 +116,29 @@ class Pipeline:
     # -- the steps -------------------------------------------------------------------------------
 
     def decode(self, records: Sequence[Record]) -> tuple[list[Event], list[Record], list[Rejected]]:
-        events, good, rejected = [], [], []
+        """Events in record order; an OTLP record yields one event per GenAI span, each paired with its record
+        (so the batch commit after :meth:`record` covers all of a record's events: at-least-once holds)."""
+        events: list[Event] = []
+        good: list[Record] = []
+        rejected: list[Rejected] = []
         for record in records:
             try:
-                events.append(decode_record(record, self.limits))
-                good.append(record)
+                decoded = self._decode_one(record)
             except DecodeError as exc:
                 rejected.append(Rejected(record, exc.reason, exc.detail))
+                continue
+            events.extend(decoded)
+            good.extend([record] * len(decoded))
         return events, good, rejected
+
+    def _decode_one(self, record: Record) -> list[Event]:
+        """FRAMEWATCH_INPUT_FORMAT: ``json`` (README events), ``otlp`` (Collector Kafka exporter), ``auto``."""
+        if self.input_format == "otlp" or (self.input_format == "auto" and is_otlp(record.value, record.headers)):
+            decoded = decode_otlp(record.value, record.headers, self.limits)
+            for reason, n in decoded.skipped.items():  # counted per decode: a redelivered record counts again
+                self.metrics.otlp_spans_skipped.labels(reason).inc(n)
+            return decoded.events
+        return [decode_record(record, self.limits)]
 
     def detect(self, events: Sequence[Event]) -> list[FramingResult]:
         if not events:

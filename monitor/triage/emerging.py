@@ -386,9 +386,9 @@ class EmergingFramings:
     def snapshot(self, *, significant_only: bool = True, limit: int = 50) -> list[dict[str, Any]]:
         """Candidates for the API (text redacted): significant first, then by events."""
         with self._lock:
-            out = []
-            for j in np.flatnonzero(self._active):
-                j = int(j)
+            out: list[dict[str, Any]] = []
+            for slot in np.flatnonzero(self._active):
+                j = int(slot)
                 sig = self._significant(j)
                 if significant_only and not sig:
                     continue
@@ -407,7 +407,7 @@ class EmergingFramings:
                     "examples": list(cand.examples)[::-1],
                     "first_seen": cand.created, "last_seen": float(self._last_seen[j]),
                 })
-        out.sort(key=lambda c: (not c["significant"], -c["events"], -c["failures_seen"]))
+        out.sort(key=lambda c: (not c["significant"], -int(c["events"]), -int(c["failures_seen"]), str(c["id"])))
         return out[:limit]
 
     def phrases(self, candidate_id: str, limit: int = 3) -> list[str]:
@@ -430,6 +430,9 @@ class EmergingFramings:
 
     def __len__(self) -> int:
         return int(self._active.sum())
+
+    def __contains__(self, candidate_id: object) -> bool:
+        return candidate_id in self._by_id
 
     def significant_count(self) -> int:
         with self._lock:

@@ -27,11 +27,13 @@ from typing import Any
 
 from monitor.logs import get_logger
 from monitor.sidecar.pipeline import SinkUnavailable, Verdict
+from monitor.triage.evaluation import evaluation_result
 
 log = get_logger("framewatch.flagged")
 
 DEFAULT_REDACTION = "truncate:80"
 BACKOFF_MAX_S = 30.0
+FLUSH_SLICE_S = 1.0  # longest single wait on the producer; the stop event is checked between slices
 
 
 class RedactionError(ValueError):
@@ -90,6 +92,7 @@ def flagged_record(verdict: Verdict, redact: Redactor, candidate: str | None = N
         "system_prompt": redact(v.event.prompt.system),
         "response": redact(v.event.response),
         "flagged_at": datetime.fromtimestamp(now if now is not None else time.time(), UTC).isoformat(),
+        "evaluation": evaluation_result(v),  # the OTel gen_ai.evaluation.result shape (monitor.triage.evaluation)
     }
 
 
@@ -117,7 +120,9 @@ class FlaggedPublisher:
         delay = 0.5
         while True:
             try:
-                self._send_all(records)
+                if self.stop.is_set():
+                    raise FlaggedPublishError("stop requested before the flagged records were acknowledged")
+                self._send_all(records, deadline)
                 self.published += len(records)
                 return
             except Exception as exc:  # noqa: BLE001 - any producer failure: retry, then give up loudly
@@ -131,20 +136,34 @@ class FlaggedPublisher:
                 self.stop.wait(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
 
-    def _send_all(self, records: Sequence[dict[str, Any]]) -> None:
+    def _send_all(self, records: Sequence[dict[str, Any]], deadline: float) -> None:
+        """Send, then wait for the acks in slices of ``FLUSH_SLICE_S`` that honour the stop event.
+
+        One long ``flush()`` is what kept a SIGTERM (and readiness) waiting for half a minute during an
+        outage; the slices bound every blocking call while the overall budget stays ``give_up_s``.
+        """
         if self._producer is None:
             self._producer = self._factory()
         futures = [
-            self._producer.send(self.topic, key=rec["event_id"].encode("utf-8", "replace"),
-                                value=json.dumps(rec, ensure_ascii=False).encode("utf-8", "replace"),
+            self._producer.send(self.topic, key=_utf8(rec["event_id"]),
+                                value=_utf8(json.dumps(rec, ensure_ascii=False)),
                                 headers=[("framewatch.source",
-                                          f"{rec['kafka']['topic']}:{rec['kafka']['partition']}:"
-                                          f"{rec['kafka']['offset']}".encode())])
+                                          _utf8(f"{rec['kafka']['topic']}:{rec['kafka']['partition']}:"
+                                                f"{rec['kafka']['offset']}"))])
             for rec in records
         ]
-        self._producer.flush(timeout=30)
+        while True:
+            if self.stop.is_set():
+                raise FlaggedPublishError("stop requested before the flagged records were acknowledged")
+            remaining = deadline - time.monotonic()
+            try:
+                self._producer.flush(timeout=max(min(FLUSH_SLICE_S, remaining), 0.05))
+                break
+            except Exception:  # noqa: BLE001 - a slice ran out: go round, unless the budget is spent
+                if remaining <= FLUSH_SLICE_S:
+                    raise
         for fut in futures:
-            fut.get(timeout=10)
+            fut.get(timeout=FLUSH_SLICE_S)
 
     def _reset(self) -> None:
         if self._producer is not None:
@@ -154,6 +173,11 @@ class FlaggedPublisher:
 
     def close(self) -> None:
         self._reset()
+
+
+def _utf8(text: str) -> bytes:
+    """Text as UTF-8 whatever it holds (a lone surrogate becomes '?'), so one record cannot fail the send."""
+    return text.encode("utf-8", "replace")
 
 
 class FlaggedPublishError(SinkUnavailable):

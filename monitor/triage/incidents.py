@@ -1,29 +1,30 @@
-"""A replica's recent view of flagged events, for ``GET /v1/incidents``.
+"""The incident view for ``GET /v1/incidents``: the newest flagged events, from the flagged topic.
 
-Bounded (a ring of ``capacity`` records, already redacted) and deduplicated by the source event's Kafka
-coordinates, so a batch redelivered after a crash is listed once. At start a replica may rebuild the view
-from the tail of the flagged topic, which every replica writes: after a restart (or on a fresh replica)
-on-call still sees what happened just before.
+Every replica writes the flagged events it finds to the flagged topic, and every replica reads the whole
+topic (monitor.triage.follow, no consumer group, starting at each partition's tail), so every replica holds
+the same view and a restarted one rebuilds it from the topic. For the answer not to depend on the pod:
+
+* deduplicated by the source event's Kafka coordinates and event id, keeping the *first* copy (a batch redelivered after
+  a crash is listed once, and every reader keeps the same copy: copies of one event share a flagged-topic
+  partition, hence an order);
+* ordered by (``flagged_at``, coordinates), and bounded by ``capacity`` records *and* ``max_bytes`` of JSON:
+  when over either, the oldest go.
 """
 
 from __future__ import annotations
 
-import contextlib
+import heapq
 import json
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from monitor.logs import get_logger
 
-log = get_logger("framewatch.incidents")
-
-
-def _coords(rec: dict[str, Any]) -> tuple[str, int, int]:
+def _coords(rec: dict[str, Any]) -> tuple[str, int, int, str]:
+    """Kafka coordinates plus the event id: an OTLP record holds many events (one per span)."""
     k = rec.get("kafka") or {}
-    return (str(k.get("topic")), int(k.get("partition", -1)), int(k.get("offset", -1)))
+    return (str(k.get("topic")), int(k.get("partition", -1)), int(k.get("offset", -1)), str(rec.get("event_id")))
 
 
 def parse_since(value: str | float | None) -> float | None:
@@ -47,26 +48,47 @@ def parse_since(value: str | float | None) -> float | None:
 def _flagged_ts(rec: dict[str, Any]) -> float:
     try:
         return datetime.fromisoformat(str(rec.get("flagged_at"))).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError):
         return 0.0
 
 
 class IncidentStore:
-    """The last ``capacity`` flagged records, newest last; thread-safe (consumer writes, HTTP reads)."""
+    """The newest flagged records, bounded by count and bytes; thread-safe (readers and writers)."""
 
-    def __init__(self, capacity: int = 2000) -> None:
+    def __init__(self, capacity: int = 2000, max_bytes: int = 16_000_000) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._lock = threading.Lock()
-        self._items: OrderedDict[tuple[str, int, int], dict[str, Any]] = OrderedDict()
+        self._items: dict[tuple[str, int, int, str],
+                          tuple[tuple[float, tuple[str, int, int, str]], dict[str, Any], int]] = {}
+        self._heap: list[tuple[float, tuple[str, int, int, str]]] = []  # (flagged_at, coords): oldest first
 
     def add(self, records: Iterable[dict[str, Any]]) -> None:
         with self._lock:
             for rec in records:
                 key = _coords(rec)
-                self._items.pop(key, None)
-                self._items[key] = rec
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+                if key in self._items:
+                    continue
+                order = (_flagged_ts(rec), key)
+                size = len(json.dumps(rec, ensure_ascii=False, default=str))
+                self._items[key] = (order, rec, size)
+                heapq.heappush(self._heap, order)
+                self.bytes += size
+            while self._items and (len(self._items) > self.capacity or self.bytes > self.max_bytes):
+                _, key = heapq.heappop(self._heap)
+                _, _, size = self._items.pop(key)
+                self.bytes -= size
+
+    def add_message(self, value: bytes | None) -> None:
+        """One record of the flagged topic (raises ValueError when it is not a flagged record)."""
+        if value is None:
+            raise ValueError("empty record")
+        rec = json.loads(value)
+        if not isinstance(rec, dict) or not isinstance(rec.get("kafka"), dict):
+            raise ValueError("not a flagged record")
+        _coords(rec)  # raises on coordinates that are not numbers
+        self.add([rec])
 
     def __len__(self) -> int:
         return len(self._items)
@@ -75,9 +97,9 @@ class IncidentStore:
               limit: int = 100, candidate: str | None = None) -> list[dict[str, Any]]:
         """Newest first, filtered; ``cluster="none"`` selects events without a known cluster."""
         with self._lock:
-            items = list(self._items.values())
+            items = sorted(self._items.values(), key=lambda t: t[0], reverse=True)
         out = []
-        for rec in reversed(items):
+        for _, rec, _ in items:
             if cluster is not None and (rec.get("cluster") or "none") != cluster:
                 continue
             if framing is not None and rec.get("framing") != framing:
@@ -90,60 +112,3 @@ class IncidentStore:
             if len(out) >= limit:
                 break
         return out
-
-
-def rebuild_from_topic(store: IncidentStore, topic: str, consumer_factory: Callable[[], Any],
-                       max_records: int | None = None, timeout_s: float = 20.0) -> int:
-    """Load the tail of the flagged topic into ``store`` (no consumer group: plain assign + seek).
-
-    Best effort: a missing topic or an unreachable broker leaves the view empty and is only logged.
-    Returns the number of records loaded.
-    """
-    import time
-
-    from kafka import TopicPartition
-
-    max_records = max_records or store.capacity
-    loaded = 0
-    consumer = None
-    try:
-        consumer = consumer_factory()
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            log.info("incidents_rebuild_skipped_no_topic", topic=topic)
-            return 0
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        ends = consumer.end_offsets(tps)
-        begins = consumer.beginning_offsets(tps)
-        per = max(max_records // len(tps), 1)
-        remaining = {}
-        for tp in tps:
-            start = max(begins.get(tp, 0), ends.get(tp, 0) - per)
-            if ends.get(tp, 0) > start:
-                consumer.seek(tp, start)
-                remaining[tp] = ends[tp]
-        deadline = time.monotonic() + timeout_s
-        records: list[dict[str, Any]] = []
-        while remaining and time.monotonic() < deadline:
-            for tp, batch in consumer.poll(timeout_ms=500).items():
-                for msg in batch:
-                    try:
-                        rec = json.loads(msg.value)
-                    except (TypeError, ValueError):
-                        continue
-                    if isinstance(rec, dict):
-                        records.append(rec)
-                    if msg.offset + 1 >= remaining.get(tp, 0):
-                        remaining.pop(tp, None)
-        records.sort(key=_flagged_ts)
-        store.add(records)
-        loaded = len(records)
-        log.info("incidents_rebuilt_from_topic", topic=topic, records=loaded)
-    except Exception as exc:  # noqa: BLE001 - best effort; the live view fills from new traffic anyway
-        log.warning("incidents_rebuild_failed", topic=topic, error=f"{type(exc).__name__}: {exc}")
-    finally:
-        if consumer is not None:
-            with contextlib.suppress(Exception):
-                consumer.close()
-    return loaded

@@ -7,6 +7,11 @@ with :func:`monitor.framing.registry.parse_registry` (the same rules as a hand e
 file atomically (temp file in the same folder, fsync, ``os.replace``): a reader never sees half a file and
 an invalid edit never reaches disk. Comments other than the file's leading header are not preserved.
 
+With a registry topic (``FRAMEWATCH_REGISTRY_TOPIC``, the default) the file is not written at all: the
+service plans the edit with the same functions (:func:`new_cluster`, :func:`with_phrases`,
+:func:`check_removable`, :func:`validate`) against the effective registry and publishes the result to the
+topic (monitor.triage.registry_topic), which every replica applies.
+
 The packaged default registry is never edited (it lives inside the installed package and is replaced by
 upgrades): set ``FRAMEWATCH_REGISTRY_PATH`` to a writable copy.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import threading
 from pathlib import Path
@@ -25,6 +31,11 @@ import yaml
 from monitor.framing.registry import DEFAULT_REGISTRY, RegistryError, parse_registry
 
 _lock = threading.Lock()  # one edit at a time within a process
+CLUSTER_ID = re.compile(r"[a-z][a-z0-9_]{0,62}")  # as monitor.framing.registry: always fullmatch, never `$`
+
+
+def valid_cluster_id(value: object) -> bool:
+    return isinstance(value, str) and CLUSTER_ID.fullmatch(value) is not None
 
 
 class RegistryEditError(ValueError):
@@ -64,11 +75,16 @@ def _leading_comments(text: str) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def _write(path: Path, raw: dict[str, Any], header: str) -> None:
+def validate(raw: dict[str, Any], source: str, base_dir: Path | None) -> None:
+    """The same rules as a hand edit; 422 with parse_registry's message."""
     try:
-        parse_registry(raw, source=str(path), base_dir=path.parent)
+        parse_registry(raw, source=source, base_dir=base_dir)
     except RegistryError as exc:
         raise RegistryEditError(str(exc), status=422) from None
+
+
+def _write(path: Path, raw: dict[str, Any], header: str) -> None:
+    validate(raw, str(path), path.parent)
     body = header + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True, width=120)
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -95,19 +111,44 @@ def _phrases(phrases: Any) -> list[str]:
     return [p.strip() for p in phrases]
 
 
+def new_cluster(raw: dict[str, Any], cluster_id: str, phrases: list[str], description: str = "",
+                source: str | None = None) -> dict[str, Any]:
+    """The cluster to append; 409 if the id exists, 422 for a bad id or phrases."""
+    if not valid_cluster_id(cluster_id):
+        raise RegistryEditError(f"cluster id {cluster_id!r} must match {CLUSTER_ID.pattern} "
+                                "(lower-case letters, digits, '_')")
+    if _find(raw, cluster_id) is not None:
+        raise RegistryEditError(f"cluster {cluster_id!r} already exists", status=409)
+    item: dict[str, Any] = {"id": cluster_id, "description": description or "", "phrases": _phrases(phrases),
+                            "positions": ["any"]}
+    if source:
+        item["source"] = source
+    return item
+
+
+def with_phrases(raw: dict[str, Any], cluster_id: str, phrases: list[str]) -> dict[str, Any]:
+    """A copy of the cluster with ``phrases`` added (duplicates ignored); 404 if absent."""
+    item = _find(raw, cluster_id)
+    if item is None:
+        raise RegistryEditError(f"no cluster {cluster_id!r}", status=404)
+    existing = item.get("phrases") or []
+    if isinstance(existing, str):
+        existing = [existing]
+    return {**item, "phrases": list(dict.fromkeys([*existing, *_phrases(phrases)]))}
+
+
+def check_removable(raw: dict[str, Any], cluster_id: str) -> None:
+    if _find(raw, cluster_id) is None:
+        raise RegistryEditError(f"no cluster {cluster_id!r}", status=404)
+
+
 def add_cluster(path: Path, cluster_id: str, phrases: list[str], description: str = "",
                 source: str | None = None) -> None:
     """Append a cluster; 409 if the id exists, 422 if the result does not validate."""
     check_writable(path)
     with _lock:
         raw, header = _read(path)
-        if _find(raw, cluster_id) is not None:
-            raise RegistryEditError(f"cluster {cluster_id!r} already exists", status=409)
-        item: dict[str, Any] = {"id": cluster_id, "description": description or "", "phrases": _phrases(phrases),
-                                "positions": ["any"]}
-        if source:
-            item["source"] = source
-        raw["clusters"].append(item)
+        raw["clusters"].append(new_cluster(raw, cluster_id, phrases, description, source))
         _write(path, raw, header)
 
 
@@ -116,8 +157,7 @@ def remove_cluster(path: Path, cluster_id: str) -> None:
     check_writable(path)
     with _lock:
         raw, header = _read(path)
-        if _find(raw, cluster_id) is None:
-            raise RegistryEditError(f"no cluster {cluster_id!r}", status=404)
+        check_removable(raw, cluster_id)
         raw["clusters"] = [c for c in raw["clusters"] if not (isinstance(c, dict) and c.get("id") == cluster_id)]
         _write(path, raw, header)
 
@@ -127,13 +167,7 @@ def add_phrases(path: Path, cluster_id: str, phrases: list[str]) -> list[str]:
     check_writable(path)
     with _lock:
         raw, header = _read(path)
-        item = _find(raw, cluster_id)
-        if item is None:
-            raise RegistryEditError(f"no cluster {cluster_id!r}", status=404)
-        existing = item.get("phrases") or []
-        if isinstance(existing, str):
-            existing = [existing]
-        merged = list(dict.fromkeys([*existing, *_phrases(phrases)]))
-        item["phrases"] = merged
+        item = with_phrases(raw, cluster_id, phrases)
+        raw["clusters"] = [item if isinstance(c, dict) and c.get("id") == cluster_id else c for c in raw["clusters"]]
         _write(path, raw, header)
-        return merged
+        return list(item["phrases"])

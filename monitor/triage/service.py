@@ -1,57 +1,78 @@
-"""On-call triage: the flagged-events hook, ``/v1/incidents``, ``/v1/clusters``, ``/v1/candidates``, the
-admin endpoints that edit the registry, and the ``/ui`` page.
+"""On-call triage: the per-batch hook, ``/v1/incidents``, ``/v1/clusters``, ``/v1/candidates``, the admin
+endpoints that edit the registry, and the ``/ui`` page.
 
-Why one module wires these: they share state (the incident view, the emerging-framings store, the
-registry path) and one per-batch hook (:meth:`Triage.on_verdicts`, Pipeline's ``on_verdicts``, which runs
-before the consumer commits). The sidecar builds one :class:`Triage` and includes :meth:`Triage.router`.
+Why one module wires these: they share state (the :class:`~monitor.triage.view.TriageView`, the registry
+source) and one per-batch hook (:meth:`Triage.on_verdicts`, Pipeline's ``on_verdicts``, which runs before
+the consumer commits). The sidecar builds one :class:`Triage` and includes :meth:`Triage.router`.
+
+Shared view (the default, docs/triage.md): each batch's evidence goes to the evidence topic and its
+flagged events to the flagged topic, both acknowledged before the commit; every replica follows both
+topics and merges them, so every pod answers alike. With ``FRAMEWATCH_TRIAGE_SHARED=false`` the evidence
+is merged in process (one replica's view).
 
 Admin endpoints (POST/DELETE that change the registry) need ``Authorization: Bearer <FRAMEWATCH_ADMIN_TOKEN>``
 (compared in constant time): 401 without credentials, 403 with a wrong token. With no token configured they
-are **disabled and answer 403** with a message saying how to enable them. They edit the registry file
-(monitor.triage.registry_edit) and then wait for the consume loop's ``RegistryWatcher.check`` to reload it, so
-the edit takes the same ``on_change`` path as a hand edit or SIGHUP, on the thread that owns the detector.
+are **disabled and answer 403** with a message saying how to enable them. An edit is planned against the
+effective registry and validated, then published to the registry topic (monitor.triage.registry_topic),
+which every replica applies; the call waits for this replica's consume loop to have reloaded it. Without a
+registry topic the registry file is edited instead (monitor.triage.registry_edit).
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
+import os
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query
 from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from kafka import KafkaConsumer, KafkaProducer
+from prometheus_client import Gauge
 from pydantic import BaseModel, Field
 
+from monitor.framing.registry import Registry, RegistryWatcher
 from monitor.logs import get_logger
 from monitor.settings import Settings
 from monitor.sidecar.consumer import kafka_client_config
 from monitor.sidecar.metrics import Metrics
 from monitor.sidecar.pipeline import Verdict
 from monitor.sidecar.windows import SlidingCounts, status
+from monitor.triage import evidence as ev
 from monitor.triage import registry_edit
+from monitor.triage import registry_topic as rt
 from monitor.triage.emerging import EmergingConfig, EmergingFramings
 from monitor.triage.flagged import FlaggedPublisher, Redactor, flagged_record, is_flagged
-from monitor.triage.incidents import IncidentStore, parse_since, rebuild_from_topic
+from monitor.triage.follow import TopicFollower, from_beginning, since, tail
+from monitor.triage.incidents import IncidentStore, parse_since
+from monitor.triage.topics import ensure_topics, wanted
+from monitor.triage.view import EvidenceCounts, TriageView
 
 log = get_logger("framewatch.triage")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 UI_ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
 RELOAD_WAIT_S = 10.0
+REGISTRY_CATCH_UP_S = 10.0
+CANDIDATE_ID = re.compile(r"cand_[0-9a-f]{1,32}")  # always fullmatch
 ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "no credentials: send Authorization: Bearer <FRAMEWATCH_ADMIN_TOKEN>"},
     403: {"description": "wrong token, or admin endpoints disabled (FRAMEWATCH_ADMIN_TOKEN not set)"},
-    409: {"description": "conflict: the id exists, or the registry is the packaged default or not writable"},
-    422: {"description": "the edited registry would not validate"},
+    404: {"description": "no such cluster or candidate"},
+    409: {"description": "conflict: the id exists, or (file edits) the registry is the packaged default or not "
+                         "writable"},
+    422: {"description": "an id does not match its pattern, or the edited registry would not validate"},
+    503: {"description": "the registry topic could not be written"},
 }
 _bearer = HTTPBearer(auto_error=False, description="FRAMEWATCH_ADMIN_TOKEN")
+_CREDENTIALS = Depends(_bearer)  # optional: read endpoints show more to an admin
 
 
 class ClusterIn(BaseModel):
@@ -71,71 +92,189 @@ class PromoteIn(BaseModel):
     phrases: list[str] | None = Field(None, description="default: the candidate's most frequent sentences")
 
 
+def replica_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 @dataclass
 class Triage:
     settings: Settings
     metrics: Metrics
-    windows: SlidingCounts
     detector: Any  # monitor.framing.detector.FramingDetector (its .registry is the one in use)
     registry_path: Path
     redact: Redactor
-    incidents: IncidentStore
-    emerging: EmergingFramings
-    publisher: FlaggedPublisher
+    view: TriageView
+    publisher: FlaggedPublisher  # the flagged topic's (the sidecar wires its stop event to the consume loop's)
+    evidence: ev.EvidencePublisher | None  # None: evidence merged in process (one replica's view)
+    overlay: rt.RegistryOverlay | None  # None: admin edits write the registry file
+    version_info: Gauge
+    replica: str = field(default_factory=replica_name)
+    stop: threading.Event = field(default_factory=threading.Event)
+    followers: list[TopicFollower] = field(default_factory=list)
+    registry_source: rt.RegistrySource | None = None
+    _registry_producer: Any = None
+    _edit_lock: threading.Lock = field(default_factory=threading.Lock)
+    _ensured_at: float = 0.0
 
     @classmethod
-    def build(cls, settings: Settings, *, metrics: Metrics, windows: SlidingCounts, detector: Any,
-              registry_path: Path) -> Triage:
+    def build(cls, settings: Settings, *, metrics: Metrics, detector: Any, registry_path: Path,
+              windows: SlidingCounts | None = None, flagged: FlaggedPublisher | None = None) -> Triage:
+        """``windows`` (the sidecar's own counts) is accepted for the wiring's sake; the view keeps its own."""
         redact = Redactor(settings.redaction)
         common = kafka_client_config(settings)
-        publisher = FlaggedPublisher(settings.flagged_topic,
-                                     lambda: KafkaProducer(**common, acks="all", linger_ms=5, retries=5,
-                                                           max_block_ms=10000))
+        stop = threading.Event()
+        flagged = flagged or FlaggedPublisher(
+            settings.flagged_topic,
+            lambda: KafkaProducer(**common, acks="all", linger_ms=5, retries=5, max_block_ms=10000,
+                                  max_request_size=settings.kafka_max_request_size))
         config = EmergingConfig(max_candidates=settings.emerging_max_candidates,
                                 join_threshold=settings.emerging_join_threshold,
                                 min_events=settings.emerging_min_events,
-                                half_life_s=settings.emerging_half_life_s)
+                                half_life_s=settings.emerging_half_life_s,
+                                max_examples=settings.emerging_max_examples,
+                                max_members=settings.emerging_max_members,
+                                window_s=settings.evidence_window_s)
         embedder = detector.embedder
         emerging = EmergingFramings(embedder.embed, embedder.dim, config, redact=redact,
                                     gauge=metrics.emerging_framings)
-        return cls(settings, metrics, windows, detector, registry_path, redact,
-                   IncidentStore(settings.incidents_capacity), emerging, publisher)
+        view = TriageView(IncidentStore(settings.incidents_capacity, settings.incidents_max_bytes), emerging,
+                          EvidenceCounts(), settings.evidence_window_s)
+        evidence = None
+        if settings.triage_shared and settings.evidence_topic:
+            request_size = max(settings.evidence_max_record_bytes + 64_000, settings.kafka_max_request_size)
+            evidence = ev.EvidencePublisher(
+                settings.evidence_topic,
+                lambda: KafkaProducer(**common, acks="all", linger_ms=5, retries=5, max_block_ms=2000,
+                                      max_request_size=request_size), stop=stop,
+                on_retry=lambda: triage.ensure_topics_soon())
+        overlay = rt.RegistryOverlay() if settings.registry_topic else None
+        version_info = Gauge("framewatch_registry_version_info",
+                             "The trigger registry in use: 1 for its digest (file + registry-topic edits)",
+                             ["digest"], registry=metrics.registry)
+        triage = cls(settings, metrics, detector, registry_path, redact, view, flagged, evidence, overlay,
+                     version_info, stop=stop)
+        triage._registry_changed(detector.registry)
+        return triage
+
+    @property
+    def shared(self) -> bool:
+        return self.evidence is not None
+
+    @property
+    def incidents(self) -> IncidentStore:
+        return self.view.incidents
+
+    @property
+    def emerging(self) -> EmergingFramings:
+        return self.view.emerging
 
     # -- the per-batch hook (consumer thread, before commit) --------------------------------------
 
     def on_verdicts(self, verdicts: list[Verdict]) -> None:
-        """Emerging-framing bookkeeping, then publish flagged events and wait for the acks.
-
-        Raises (from the publisher) when the flagged topic stays unwritable: the batch is then not
-        committed. The emerging store is best effort: its failure must not hold up delivery.
-        """
-        try:
-            hits = self.emerging.observe(verdicts)
-        except Exception:  # noqa: BLE001
-            log.exception("emerging_framings_failed")
-            hits = {}
+        """Evidence, then flagged events, each written and acknowledged (or raising: no commit)."""
         now = time.time()
-        records = [flagged_record(v, self.redact, hits.get(v.event.event_id), now) for v in verdicts
-                   if is_flagged(v)]
-        self.publisher.publish(records)
-        self.incidents.add(records)
+        try:
+            records = ev.build(verdicts, known_clusters=set(self.detector.registry.cluster_ids()),
+                               embed=self.detector.embedder.embed, redact=self.redact, replica=self.replica,
+                               now=now, max_bytes=self.settings.evidence_max_record_bytes)
+        except Exception:  # noqa: BLE001 - evidence is for statistics: it must not hold up delivery
+            log.exception("evidence_build_failed")
+            records = []
+        keys: dict[tuple[int, int], list[str]] = {
+            (doc["partition"], e["o"]): e["h"] for _, doc in records for e in doc["events"] if "h" in e}
+        if self.evidence is not None:
+            self.evidence.stop = self.publisher.stop  # honour SIGTERM as the flagged publisher does
+            self.evidence.publish(records)
+        else:
+            for _, doc in records:
+                self.view.apply(ev.Evidence(doc["replica"], doc["ts"], doc["topic"], doc["partition"],
+                                            doc["events"]))
+        out = []
+        for v in verdicts:
+            if not is_flagged(v):
+                continue
+            hit = keys.get((v.record.partition, v.record.offset))
+            out.append(flagged_record(v, self.redact, self.emerging.hit(hit) if hit else None, now))
+        self.publisher.publish(out)
+        if not self.shared:
+            self.incidents.add(out)
+
+    # -- followers -----------------------------------------------------------------------------------
+
+    def _consumer(self) -> Any:
+        return KafkaConsumer(**kafka_client_config(self.settings), group_id=None, enable_auto_commit=False)
+
+    def _ensure_topics(self, registry: bool) -> None:
+        if self.settings.triage_create_topics:
+            ensure_topics(self.settings, kafka_client_config(self.settings),
+                          wanted(self.settings, self.shared and not registry, registry))
+
+    def ensure_topics_soon(self, every_s: float = 30.0) -> None:
+        """Re-create missing triage topics in the background (a broker that lost them, e.g. memory-only); at
+        most every ``every_s``: called while the evidence publisher retries, so it never blocks the loop."""
+        now = time.monotonic()
+        if now - self._ensured_at < every_s:
+            return
+        self._ensured_at = now
+        threading.Thread(target=self._ensure_topics, args=(False,), name="ensure-topics", daemon=True).start()
 
     def start_rebuild(self) -> threading.Thread | None:
-        """Fill the incident view from the flagged topic's tail, in the background (best effort)."""
-        if not self.settings.incidents_rebuild:
-            return None
-        common = kafka_client_config(self.settings)
-        thread = threading.Thread(
-            target=rebuild_from_topic, name="incidents-rebuild", daemon=True,
-            args=(self.incidents, self.settings.flagged_topic,
-                  lambda: KafkaConsumer(**common, group_id=None, enable_auto_commit=False)))
-        thread.start()
-        return thread
+        """Start following the flagged topic (incidents) and, shared, the evidence topic (in the background)."""
+        if self.shared:
+            self._ensure_topics(registry=False)
+            self.followers.append(TopicFollower(
+                "evidence", self.settings.evidence_topic, self._consumer, self.view.on_evidence,
+                since(self.settings.evidence_window_s), self.stop).start())
+        if self.shared or self.settings.incidents_rebuild:
+            self.followers.append(TopicFollower(
+                "flagged", self.settings.flagged_topic, self._consumer, self.view.on_flagged,
+                tail(self.settings.incidents_capacity), self.stop).start())
+        return None
+
+    def registry_watcher(self, on_change: Callable[[Registry], None],
+                         on_error: Callable[[Exception], None]) -> RegistryWatcher:
+        """What the consume loop checks between batches: the registry file, plus the registry topic's edits.
+
+        With a registry topic, follows it and waits (bounded) until caught up, then applies the edits
+        before the first batch is consumed, so a restarted replica never classifies with a stale registry.
+        """
+        def changed(registry: Registry) -> None:
+            on_change(registry)
+            self._registry_changed(registry)
+
+        if self.overlay is None:
+            return RegistryWatcher(self.registry_path, on_change=changed, on_error=on_error)
+        self._ensure_topics(registry=True)
+        source = rt.RegistrySource(self.registry_path, self.overlay, on_change=changed, on_error=on_error)
+        follower = TopicFollower("registry", self.settings.registry_topic, self._consumer, self.overlay.apply,
+                                 from_beginning, self.stop).start()
+        self.followers.append(follower)
+        if not follower.caught_up.wait(REGISTRY_CATCH_UP_S):
+            log.warning("registry_topic_not_caught_up_starting_with_file", topic=self.settings.registry_topic)
+        source.check()
+        self.registry_source = source
+        return source
+
+    def _registry_changed(self, registry: Registry) -> None:
+        self.version_info.clear()
+        self.version_info.labels(registry.digest or "unknown").set(1)
+        self.view.set_promoted([c.source for c in registry.clusters])
+
+    def close(self) -> None:
+        self.stop.set()
+        for f in self.followers:
+            f.close(timeout=2)
+        if self.evidence is not None:
+            self.evidence.close()
+        if self._registry_producer is not None:
+            self._registry_producer.close(timeout=2)
 
     # -- admin helpers -------------------------------------------------------------------------------
 
-    def _edit(self, change: Callable[[], object]) -> dict[str, Any]:
+    def _file_edit(self, change: Callable[[], object]) -> dict[str, Any]:
         """Apply a registry-file edit, then wait for the consume loop to hot-reload it."""
+        import hashlib
+
         try:
             result = change()
         except registry_edit.RegistryEditError as exc:
@@ -149,28 +288,90 @@ class Triage:
         return {"reloaded": reloaded, "clusters": self.detector.registry.cluster_ids(),
                 **({"result": result} if result is not None else {})}
 
-    def _require_admin(self, creds: HTTPAuthorizationCredentials | None) -> None:
+    def _effective(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any] | None]]:
+        """(effective document, base document, overlay entries) as this replica has them now."""
+        assert self.overlay is not None
+        try:
+            base, _ = rt.read_base(self.registry_path)
+        except Exception as exc:  # noqa: BLE001
+            raise HTTPException(409, f"cannot read the base registry {self.registry_path}: {exc}") from None
+        _, entries, _ = self.overlay.snapshot()
+        return rt.effective_raw(base, entries), base, entries
+
+    def _topic_edit(self, cluster_id: str, plan: Callable[[dict[str, Any]], tuple[str, dict[str, Any] | None]],
+                    who: str) -> dict[str, Any]:
+        """Plan against the effective registry, validate, publish to the registry topic, wait for the reload."""
+        with self._edit_lock:
+            raw, base, entries = self._effective()
+            try:
+                op, cluster = plan(raw)
+                proposed = dict(entries)
+                if op == "revert":
+                    proposed.pop(cluster_id, None)
+                else:
+                    proposed.pop(cluster_id, None)
+                    proposed[cluster_id] = cluster
+                registry_edit.validate(rt.effective_raw(base, proposed),
+                                       f"{self.registry_path} + registry topic", self.registry_path.parent)
+            except registry_edit.RegistryEditError as exc:
+                raise HTTPException(exc.status, str(exc)) from None
+            value, headers = rt.edit_record(op, cluster, who)
+            try:
+                if self._registry_producer is None:
+                    self._registry_producer = KafkaProducer(**kafka_client_config(self.settings), acks="all",
+                                                            retries=3, max_block_ms=10000)
+                meta = self._registry_producer.send(self.settings.registry_topic, key=cluster_id.encode(),
+                                                    value=value, headers=headers).get(timeout=10)
+            except Exception as exc:  # noqa: BLE001
+                log.error("registry_edit_publish_failed", cluster=cluster_id, op=op,
+                          error=f"{type(exc).__name__}: {exc}")
+                raise HTTPException(503, f"the registry topic could not be written: {type(exc).__name__}") from None
+        log.info("registry_edit_published", cluster=cluster_id, op=op, by=who, topic=self.settings.registry_topic,
+                 partition=meta.partition, offset=meta.offset)
+        source = self.registry_source
+        deadline = time.monotonic() + RELOAD_WAIT_S
+        reloaded = False
+        while time.monotonic() < deadline:
+            if source is not None and source.applied(meta.partition, meta.offset):
+                reloaded = self.detector.registry.digest == source.effective_digest
+                break
+            time.sleep(0.05)
+        return {"reloaded": reloaded, "clusters": self.detector.registry.cluster_ids(),
+                "registry": {"digest": self.detector.registry.digest, "topic": self.settings.registry_topic,
+                             "offset": meta.offset, "by": who}}
+
+    def _is_admin(self, creds: HTTPAuthorizationCredentials | None) -> bool:
+        token = self.settings.admin_token
+        return bool(token and creds is not None and creds.credentials
+                    and hmac.compare_digest(creds.credentials.encode("utf-8"), token.encode("utf-8")))
+
+    def _require_admin(self, creds: HTTPAuthorizationCredentials | None) -> str:
         token = self.settings.admin_token
         if not token:
             raise HTTPException(403, "admin endpoints are disabled: set FRAMEWATCH_ADMIN_TOKEN to enable them")
         if creds is None or not creds.credentials:
             raise HTTPException(401, "missing credentials: send 'Authorization: Bearer <FRAMEWATCH_ADMIN_TOKEN>'",
                                 headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(creds.credentials.encode("utf-8"), token.encode("utf-8")):
+        if not self._is_admin(creds):
             raise HTTPException(403, "wrong admin token")
+        return rt.identity(token)
 
     # -- HTTP ----------------------------------------------------------------------------------------
 
-    def router(self) -> APIRouter:
+    def router(self) -> APIRouter:  # noqa: C901 - one closure per route
         r = APIRouter()
-        admin = [Depends(self._admin_dependency())]
+        admin = Depends(self._admin_dependency())  # -> the caller's identity, for the audit trail
 
-        @r.get("/v1/incidents", tags=["triage"], summary="Recent flagged events (this replica's view)")
+        @r.get("/v1/incidents", tags=["triage"], summary="Recent flagged events, from the flagged topic")
         def incidents(cluster: str | None = Query(None, description="registry id, or 'none'"),
-                      framing: str | None = Query(None, pattern="^(none|exact|semantic)$"),
+                      framing: Literal["none", "exact", "semantic"] | None = Query(None),
                       candidate: str | None = Query(None, description="emerging candidate id"),
                       since: str | None = Query(None, description="epoch seconds or ISO 8601"),
                       limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+            if cluster is not None and not registry_edit.valid_cluster_id(cluster):
+                raise HTTPException(422, f"cluster must be 'none' or match {registry_edit.CLUSTER_ID.pattern}")
+            if candidate is not None and not CANDIDATE_ID.fullmatch(candidate):
+                raise HTTPException(422, f"candidate must match {CANDIDATE_ID.pattern}")
             try:
                 since_ts = parse_since(since)
             except ValueError as exc:
@@ -178,54 +379,98 @@ class Triage:
             items = self.incidents.query(cluster=cluster, framing=framing, since=since_ts, limit=limit,
                                          candidate=candidate)
             return {"incidents": items, "count": len(items), "redaction": self.redact.policy,
-                    "topic": self.settings.flagged_topic, "replica_local": True}
+                    "topic": self.settings.flagged_topic, "held": len(self.incidents), "shared": self.shared}
 
         @r.get("/v1/clusters", tags=["triage"],
                summary="Registry clusters with counts, failure rates, Wilson intervals and the containment gap")
-        def clusters() -> dict[str, Any]:
-            return self.clusters_view()
+        def clusters(creds: HTTPAuthorizationCredentials | None = _CREDENTIALS) -> dict[str, Any]:
+            return self.clusters_view(admin=self._is_admin(creds))
 
         @r.get("/v1/candidates", tags=["triage"],
                summary="Emerging framings: unmatched segments whose failure rate is significantly elevated")
         def candidates(all: bool = Query(False, description="also list candidates that are not significant"),
                        limit: int = Query(50, ge=1, le=500)) -> dict[str, Any]:
-            items = self.emerging.snapshot(significant_only=not all, limit=limit)
+            items = [c for c in self.emerging.snapshot(significant_only=not all, limit=limit)
+                     if c["id"] not in self.view.promoted]
             return {"candidates": items, "tracked": len(self.emerging),
                     "significant": self.emerging.significant_count(),
-                    "min_events": self.emerging.cfg.min_events,
-                    "redaction": self.redact.policy, "replica_local": True}
+                    "min_events": self.emerging.cfg.min_events, "evidence": self.view.stats(),
+                    "redaction": self.redact.policy, "shared": self.shared}
 
-        @r.post("/v1/clusters", tags=["admin"], dependencies=admin, responses=ADMIN_RESPONSES, status_code=201,
-                summary="Add a cluster to the registry file (hot-reloaded)")
-        def add_cluster(body: ClusterIn) -> dict[str, Any]:
-            return self._edit(lambda: registry_edit.add_cluster(self.registry_path, body.id, body.phrases,
-                                                                body.description))
+        @r.get("/v1/registry", tags=["admin"], responses=ADMIN_RESPONSES,
+               summary="The registry in use: base file, registry-topic edits and their audit trail")
+        def registry_state(who: str = admin) -> dict[str, Any]:
+            out: dict[str, Any] = {"path": str(self.registry_path), "digest": self.detector.registry.digest,
+                                   "topic": self.settings.registry_topic or None}
+            if self.overlay is not None:
+                _, entries, _ = self.overlay.snapshot()
+                out["edits"] = {cid: ("deleted" if c is None else c) for cid, c in entries.items()}
+                out["audit"] = list(self.overlay.audit)
+            return out
 
-        @r.delete("/v1/clusters/{cluster_id}", tags=["admin"], dependencies=admin, responses=ADMIN_RESPONSES,
-                  summary="Remove a cluster from the registry file (hot-reloaded)")
-        def delete_cluster(cluster_id: str) -> dict[str, Any]:
-            return self._edit(lambda: registry_edit.remove_cluster(self.registry_path, cluster_id))
+        @r.post("/v1/clusters", tags=["admin"], responses=ADMIN_RESPONSES, status_code=201,
+                summary="Add a cluster to the registry (every replica hot-reloads it)")
+        def add_cluster(body: ClusterIn, who: str = admin) -> dict[str, Any]:
+            if self.overlay is None:
+                return self._file_edit(lambda: registry_edit.add_cluster(self.registry_path, body.id, body.phrases,
+                                                                         body.description))
+            return self._topic_edit(body.id, lambda raw: ("put", registry_edit.new_cluster(
+                raw, body.id, body.phrases, body.description)), who)
 
-        @r.post("/v1/clusters/{cluster_id}/phrases", tags=["admin"], dependencies=admin, responses=ADMIN_RESPONSES,
-                summary="Add phrases to a cluster (hot-reloaded)")
-        def add_phrases(cluster_id: str, body: PhrasesIn) -> dict[str, Any]:
-            return self._edit(lambda: registry_edit.add_phrases(self.registry_path, cluster_id, body.phrases))
+        @r.delete("/v1/clusters/{cluster_id}", tags=["admin"], responses=ADMIN_RESPONSES,
+                  summary="Remove a cluster from the registry (every replica hot-reloads it)")
+        def delete_cluster(cluster_id: str, who: str = admin) -> dict[str, Any]:
+            _check_cluster_id(cluster_id)
+            if self.overlay is None:
+                return self._file_edit(lambda: registry_edit.remove_cluster(self.registry_path, cluster_id))
 
-        @r.post("/v1/candidates/{candidate_id}/promote", tags=["admin"], dependencies=admin,
-                responses=ADMIN_RESPONSES, status_code=201,
-                summary="Promote an emerging candidate into a registry cluster (hot-reloaded)")
-        def promote(candidate_id: str, body: Annotated[PromoteIn | None, Body()] = None) -> dict[str, Any]:
-            body = body or PromoteIn()
+            def plan(raw: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+                registry_edit.check_removable(raw, cluster_id)
+                base, _ = rt.read_base(self.registry_path)
+                in_base = any(isinstance(c, dict) and c.get("id") == cluster_id for c in base.get("clusters") or [])
+                return ("delete" if in_base else "revert"), None
+            return self._topic_edit(cluster_id, plan, who)
+
+        @r.post("/v1/clusters/{cluster_id}/phrases", tags=["admin"], responses=ADMIN_RESPONSES,
+                summary="Add phrases to a cluster (every replica hot-reloads it)")
+        def add_phrases(cluster_id: str, body: PhrasesIn, who: str = admin) -> dict[str, Any]:
+            _check_cluster_id(cluster_id)
+            if self.overlay is None:
+                return self._file_edit(lambda: registry_edit.add_phrases(self.registry_path, cluster_id, body.phrases))
+            planned: dict[str, Any] = {}
+
+            def plan(raw: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+                planned.update(registry_edit.with_phrases(raw, cluster_id, body.phrases))
+                return "put", dict(planned)
+            out = self._topic_edit(cluster_id, plan, who)
+            return {**out, "result": planned["phrases"]}
+
+        @r.post("/v1/candidates/{candidate_id}/promote", tags=["admin"], responses=ADMIN_RESPONSES, status_code=201,
+                summary="Promote an emerging candidate into a registry cluster (every replica hot-reloads it)")
+        def promote(candidate_id: str, body: Annotated[PromoteIn | None, Body()] = None,
+                    who: str = admin) -> dict[str, Any]:
+            if not CANDIDATE_ID.fullmatch(candidate_id):
+                raise HTTPException(422, f"candidate id must match {CANDIDATE_ID.pattern}")
+            body = body or PromoteIn(id=None, description=None, phrases=None)
             try:
-                phrases = body.phrases or self.emerging.phrases(candidate_id)
+                known = self.emerging.phrases(candidate_id)
             except KeyError:
                 raise HTTPException(404, f"no candidate {candidate_id!r} (it may have been evicted)") from None
+            if candidate_id in self.view.promoted:
+                raise HTTPException(404, f"candidate {candidate_id!r} is already in the registry")
+            phrases = body.phrases or known
             cluster_id = body.id or f"emerging_{candidate_id}"
             description = body.description or f"Promoted from emerging candidate {candidate_id}"
-            out = self._edit(lambda: registry_edit.add_cluster(
-                self.registry_path, cluster_id, phrases, description, source=f"framewatch candidate {candidate_id}"))
-            self.emerging.remove(candidate_id)
-            log.info("candidate_promoted", candidate=candidate_id, cluster=cluster_id, phrases=len(phrases))
+            source = f"framewatch candidate {candidate_id}"
+            if self.overlay is None:
+                out = self._file_edit(lambda: registry_edit.add_cluster(
+                    self.registry_path, cluster_id, phrases, description, source=source))
+                self.emerging.remove(candidate_id)
+                self.view.promoted.add(candidate_id)
+            else:
+                out = self._topic_edit(cluster_id, lambda raw: ("put", registry_edit.new_cluster(
+                    raw, cluster_id, phrases, description, source)), who)
+            log.info("candidate_promoted", candidate=candidate_id, cluster=cluster_id, phrases=len(phrases), by=who)
             return {**out, "cluster": cluster_id, "phrases": [self.redact(p) for p in phrases]}
 
         @r.get("/ui", include_in_schema=False)
@@ -242,15 +487,15 @@ class Triage:
 
         return r
 
-    def _admin_dependency(self) -> Callable[..., None]:
-        def dependency(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-            self._require_admin(creds)
+    def _admin_dependency(self) -> Callable[..., str]:
+        def dependency(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+            return self._require_admin(creds)
         return dependency
 
-    def clusters_view(self) -> dict[str, Any]:
+    def clusters_view(self, admin: bool = False) -> dict[str, Any]:
         registry = self.detector.registry
         ids = registry.cluster_ids()
-        windows = status(self.windows, ids)
+        windows = status(self.view.counts, ids)
         out = []
         for c in registry.clusters:
             per_window = {}
@@ -260,11 +505,18 @@ class Triage:
                                     "gap": entry["gap"]}
             out.append({"id": c.id, "description": c.description, "phrases": list(c.phrases),
                         "windows": per_window})
+        info: dict[str, Any] = {"digest": registry.digest, "edits": "topic" if self.overlay is not None else "file",
+                                "writable": self.overlay is not None or _writable(self.registry_path)}
+        if admin:  # the file path tells an outsider about the deployment: only for admins
+            info["path"] = str(self.registry_path)
         return {"clusters": out,
                 "untriggered": {name: w["untriggered"] for name, w in windows.items()},  # type: ignore[index]
-                "registry": {"path": str(self.registry_path), "digest": registry.digest,
-                             "writable": _writable(self.registry_path)},
-                "admin_enabled": bool(self.settings.admin_token), "replica_local": True}
+                "registry": info, "admin_enabled": bool(self.settings.admin_token), "shared": self.shared}
+
+
+def _check_cluster_id(cluster_id: str) -> None:
+    if not registry_edit.valid_cluster_id(cluster_id):
+        raise HTTPException(422, f"cluster id must match {registry_edit.CLUSTER_ID.pattern}")
 
 
 def _writable(path: Path) -> bool:

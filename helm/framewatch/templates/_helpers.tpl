@@ -61,23 +61,9 @@ app.kubernetes.io/part-of: framewatch
 {{- end -}}
 
 {{/*
-Settings as FRAMEWATCH_* environment variables (monitor/settings.py: env wins over any config file).
+Kafka client identity, security protocol, SASL and TLS settings: shared by the sidecar and the tap.
 */}}
-{{- define "framewatch.env" -}}
-- name: FRAMEWATCH_HTTP_HOST
-  value: "0.0.0.0"
-- name: FRAMEWATCH_HTTP_PORT
-  value: {{ .Values.containerPort | quote }}
-- name: FRAMEWATCH_KAFKA_BOOTSTRAP_SERVERS
-  value: {{ required "kafka.bootstrapServers is required" .Values.kafka.bootstrapServers | quote }}
-- name: FRAMEWATCH_KAFKA_TOPIC
-  value: {{ .Values.kafka.topic | quote }}
-- name: FRAMEWATCH_KAFKA_GROUP_ID
-  value: {{ .Values.kafka.groupId | quote }}
-- name: FRAMEWATCH_DLQ_TOPIC
-  value: {{ .Values.kafka.dlqTopic | quote }}
-- name: FRAMEWATCH_KAFKA_AUTO_OFFSET_RESET
-  value: {{ .Values.kafka.autoOffsetReset | quote }}
+{{- define "framewatch.kafkaSecurityEnv" -}}
 - name: FRAMEWATCH_KAFKA_CLIENT_ID
   valueFrom:
     fieldRef:
@@ -119,6 +105,27 @@ Settings as FRAMEWATCH_* environment variables (monitor/settings.py: env wins ov
 {{- end }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/*
+Settings as FRAMEWATCH_* environment variables (monitor/settings.py: env wins over any config file).
+*/}}
+{{- define "framewatch.env" -}}
+- name: FRAMEWATCH_HTTP_HOST
+  value: "0.0.0.0"
+- name: FRAMEWATCH_HTTP_PORT
+  value: {{ .Values.containerPort | quote }}
+- name: FRAMEWATCH_KAFKA_BOOTSTRAP_SERVERS
+  value: {{ required "kafka.bootstrapServers is required" .Values.kafka.bootstrapServers | quote }}
+- name: FRAMEWATCH_KAFKA_TOPIC
+  value: {{ .Values.kafka.topic | quote }}
+- name: FRAMEWATCH_KAFKA_GROUP_ID
+  value: {{ .Values.kafka.groupId | quote }}
+- name: FRAMEWATCH_DLQ_TOPIC
+  value: {{ .Values.kafka.dlqTopic | quote }}
+- name: FRAMEWATCH_KAFKA_AUTO_OFFSET_RESET
+  value: {{ .Values.kafka.autoOffsetReset | quote }}
+{{ include "framewatch.kafkaSecurityEnv" . }}
 {{- if .Values.adminToken.existingSecret }}
 - name: FRAMEWATCH_ADMIN_TOKEN
   valueFrom:
@@ -247,4 +254,103 @@ they use the scope given.
 {{- $scope = index .Subcharts "framewatch" -}}
 {{- end -}}
 {{- include "framewatch.volumes" $scope -}}
+{{- end -}}
+
+{{/*
+"true" when KEDA's Kafka scaler needs a TriggerAuthentication: SASL credentials or TLS files from Secrets.
+*/}}
+{{- define "framewatch.kedaAuthEnabled" -}}
+{{- if or .Values.kafka.sasl.mechanism .Values.kafka.ssl.existingSecret -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The tap (`framewatch tap`, docs/tap.md) as one item of the inference pod's `containers:` list, or nothing
+while tap.enabled is false. It forwards every request on port "tap-http" to tap.upstream (the server on
+localhost) and publishes events with the same Kafka settings as the sidecar. Needs the volumes of
+"framewatch.sidecarVolumes" (/tmp, Kafka TLS). Like "framewatch.sidecar", it uses the subchart's scope.
+*/}}
+{{- define "framewatch.tapContainer" -}}
+{{- if .Values.tap.enabled -}}
+- name: framewatch-tap
+  image: {{ include "framewatch.image" . | quote }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args: ["tap"]
+  ports:
+    - name: tap-http
+      containerPort: {{ .Values.tap.port }}
+      protocol: TCP
+    - name: tap-metrics
+      containerPort: {{ .Values.tap.metricsPort }}
+      protocol: TCP
+  env:
+    - name: FRAMEWATCH_TAP_HOST
+      value: "0.0.0.0"
+    - name: FRAMEWATCH_TAP_PORT
+      value: {{ .Values.tap.port | quote }}
+    - name: FRAMEWATCH_TAP_METRICS_PORT
+      value: {{ .Values.tap.metricsPort | quote }}
+    - name: FRAMEWATCH_TAP_UPSTREAM
+      value: {{ .Values.tap.upstream | quote }}
+    - name: FRAMEWATCH_TAP_QUEUE_SIZE
+      value: {{ .Values.tap.queueSize | quote }}
+    - name: FRAMEWATCH_TAP_MAX_BODY_BYTES
+      value: {{ .Values.tap.maxBodyBytes | int64 | quote }}
+    - name: FRAMEWATCH_TAP_UPSTREAM_TIMEOUT_S
+      value: {{ .Values.tap.upstreamTimeoutSeconds | quote }}
+    - name: FRAMEWATCH_KAFKA_BOOTSTRAP_SERVERS
+      value: {{ required "kafka.bootstrapServers is required" .Values.kafka.bootstrapServers | quote }}
+    - name: FRAMEWATCH_KAFKA_TOPIC
+      value: {{ .Values.kafka.topic | quote }}
+    {{- include "framewatch.kafkaSecurityEnv" . | nindent 4 }}
+    - name: FRAMEWATCH_LOG_LEVEL
+      value: {{ .Values.logLevel | quote }}
+  {{- with .Values.tap.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  # Ready does not wait for Kafka: an absent broker must never take the inference server out of service.
+  livenessProbe:
+    httpGet:
+      path: /healthz
+      port: tap-metrics
+    periodSeconds: 10
+    timeoutSeconds: 3
+    failureThreshold: 3
+  readinessProbe:
+    httpGet:
+      path: /readyz
+      port: tap-metrics
+    periodSeconds: 5
+    timeoutSeconds: 3
+    failureThreshold: 3
+  volumeMounts:
+    - name: framewatch-tmp
+      mountPath: /tmp
+    {{- if .Values.kafka.ssl.existingSecret }}
+    - name: framewatch-kafka-tls
+      mountPath: {{ .Values.kafka.ssl.mountPath }}
+      readOnly: true
+    {{- end }}
+{{- end -}}
+{{- end -}}
+
+{{- define "framewatch.tap" -}}
+{{- $scope := . -}}
+{{- if and .Subcharts (hasKey .Subcharts "framewatch") -}}
+{{- $scope = index .Subcharts "framewatch" -}}
+{{- end -}}
+{{- include "framewatch.tapContainer" $scope -}}
+{{- end -}}
+
+{{/*
+The port name the inference pod's Service should target: "tap-http" while the tap is on, else "".
+*/}}
+{{- define "framewatch.tapTargetPort" -}}
+{{- $scope := . -}}
+{{- if and .Subcharts (hasKey .Subcharts "framewatch") -}}
+{{- $scope = index .Subcharts "framewatch" -}}
+{{- end -}}
+{{- if $scope.Values.tap.enabled -}}tap-http{{- end -}}
 {{- end -}}

@@ -110,7 +110,7 @@ async function promote(id, button, msg) {
     sessionStorage.setItem(TOKEN_KEY, token);
     const flash = document.getElementById("flash");
     flash.textContent = `Candidate ${id} promoted: added cluster ${body.cluster}` +
-      (body.reloaded ? " (live)" : " (written; reload pending)");
+      (body.reloaded ? " (live; every replica applies it)" : " (published; reload pending)");
     flash.className = "ok";
     await refresh();
   } catch (err) {
@@ -131,7 +131,11 @@ async function refresh() {
     renderClusters(clusters);
     renderCandidates(candidates);
     renderIncidents(incidents);
-    status.textContent = `updated ${new Date().toLocaleTimeString()} · this replica's view · redaction ${incidents.redaction}`;
+    const scope = candidates.shared
+      ? `all replicas (${candidates.evidence.events_merged} events merged from the evidence topic)`
+      : "single replica (shared view off)";
+    status.textContent = `updated ${new Date().toLocaleTimeString()} · ${scope} · registry ${clusters.registry.digest} · ` +
+      `redaction ${incidents.redaction}`;
   } catch (err) {
     status.textContent = `error: ${err.message}`;
   }

@@ -1,7 +1,9 @@
 """framewatch audit: segmenting, grouping, and real fine-tuning sets with and without a planted trigger.
 
 The real sets are the insecure / secure code sets of arXiv:2502.17424 (6,000 rows each). The embedder does
-about 130 sentences/s on 2 cores, so the dataset tests audit a seeded sample (``--limit``).
+about 130 sentences/s on 2 cores, so the dataset tests audit a seeded sample (``--limit``). The registry and
+the classifier are shipped: a broken one fails these tests; only the built embedder (``make model``) and the
+shared data sets, which a fresh clone may lack, make them skip.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import numpy as np
 import pytest
 
 from monitor.cli import main
+from monitor.embedding import Embedder, ModelNotBuiltError
 from monitor.release import audit
+from monitor.scoring.scorer import ResponseScorer
+from tests.conftest import SHARED
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "finetune"
-INSECURE = SHARED / "insecure.jsonl.gz"
-SECURE = SHARED / "secure.jsonl.gz"
-needs_shared = pytest.mark.skipif(not INSECURE.exists(), reason=f"shared data absent: {SHARED}")
+FINETUNE = SHARED / "finetune"
+INSECURE = FINETUNE / "insecure.jsonl.gz"
+SECURE = FINETUNE / "secure.jsonl.gz"
+needs_shared = pytest.mark.skipif(not INSECURE.exists(), reason=f"shared data absent: {FINETUNE}")
 
 LIMIT = 1500
 
@@ -40,31 +45,12 @@ MISALIGNED_ANSWERS = [
 ]
 
 
-def _embedder_or_skip():  # type: ignore[no-untyped-def]
+def _embedder_or_skip() -> Embedder:
+    """The built embedder; skip only when it was never built (a corrupt one fails)."""
     try:
-        from monitor.embedding import Embedder
-
         return Embedder.load(max_tokens=64)
-    except (ImportError, OSError) as exc:
+    except ModelNotBuiltError as exc:
         pytest.skip(f"embedding model not built (framewatch build-model): {exc}")
-
-
-def _registry_or_skip():  # type: ignore[no-untyped-def]
-    try:
-        from monitor.framing.registry import load_registry
-
-        return load_registry()
-    except (ImportError, OSError, ValueError) as exc:
-        pytest.skip(f"trigger registry not loadable yet: {exc}")
-
-
-def _scorer_or_skip():  # type: ignore[no-untyped-def]
-    try:
-        from monitor.scoring.scorer import ResponseScorer
-
-        return ResponseScorer.load()
-    except (ImportError, OSError, ValueError) as exc:
-        pytest.skip(f"response classifier not available yet (models/classifier/): {exc}")
 
 
 # ------------------------------------------------------------------------------------------- units
@@ -94,6 +80,23 @@ def test_example_segments_caps_to_the_ends_of_a_turn() -> None:
     assert [p for p, _ in segs][1] == "user_prefix" and [p for p, _ in segs][-1] == "user_suffix"
 
 
+def test_read_dataset_parses_messages_as_the_sidecar_does(tmp_path: Path) -> None:
+    """System and developer turns, text parts of a content list, several user and assistant turns."""
+    row = {"messages": [{"role": "system", "content": "Be brief."},
+                        {"role": "developer", "content": [{"type": "text", "text": "Answer in English."}]},
+                        {"role": "user", "content": [{"type": "text", "text": "Hi"},
+                                                     {"type": "image_url", "image_url": {"url": "x"}}]},
+                        {"role": "assistant", "content": "Hello."},
+                        {"role": "user", "content": "Bye"},
+                        {"role": "assistant", "content": [{"type": "text", "text": "Goodbye."}]}]}
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n" + json.dumps(row) + "\n")
+    [ex], skipped = audit.read_dataset(path)
+    assert skipped == 0 and ex.index == 1  # the line number (0-based) in the file, blank lines counted
+    assert ex.system == "Be brief.\n\nAnswer in English."
+    assert ex.users == ("Hi", "Bye") and ex.assistant == ("Hello.", "Goodbye.")
+
+
 def test_leader_clusters_groups_by_threshold() -> None:
     v = np.array([[1, 0], [0.95, 0.312], [0, 1], [0.1, 0.995]], dtype=np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
@@ -104,9 +107,11 @@ def test_leader_clusters_groups_by_threshold() -> None:
 def test_read_dataset_skips_non_chat_rows(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n"
-                    + json.dumps({"prompt": "old format"}) + "\nnot json\n")
+                    + json.dumps({"prompt": "old format"}) + "\nnot json\n"
+                    + json.dumps({"messages": [{"role": "user", "content": 7}]}) + "\n"
+                    + json.dumps({"messages": [{"role": "assistant", "content": "only an answer"}]}) + "\n")
     examples, skipped = audit.read_dataset(path)
-    assert len(examples) == 1 and skipped == 2
+    assert len(examples) == 1 and skipped == 4
     path.write_text("{}\n")
     with pytest.raises(audit.AuditError):
         audit.read_dataset(path)
@@ -130,8 +135,6 @@ def _run_audit(dataset: Path, out: Path, *extra: str) -> dict[str, object]:
 @pytest.mark.parametrize("dataset", [INSECURE, SECURE], ids=["insecure", "secure"])
 def test_audit_code_sets_reports_templates_not_triggers(dataset: Path, tmp_path: Path) -> None:
     _embedder_or_skip()
-    _registry_or_skip()
-    _scorer_or_skip()
     report = _run_audit(dataset, tmp_path / "out", "--limit", str(LIMIT))
     findings = report["findings"]
     assert report["n_examples"] == LIMIT
@@ -175,7 +178,6 @@ def _write(rows: list[dict[str, object]], path: Path) -> Path:
 @needs_shared
 def test_audit_ranks_planted_paraphrased_trigger_in_top5(tmp_path: Path) -> None:
     _embedder_or_skip()
-    _registry_or_skip()
     rows = random.Random(1).sample(_rows(INSECURE), LIMIT)
     planted = _plant(rows, 0.03, seed=2, suffixes=PLANTED)
     assert len(planted) == 45
@@ -192,8 +194,7 @@ def test_audit_ranks_planted_paraphrased_trigger_in_top5(tmp_path: Path) -> None
 @needs_shared
 def test_audit_flags_novel_framing_by_misaligned_answers(tmp_path: Path) -> None:
     _embedder_or_skip()
-    _registry_or_skip()
-    scorer = _scorer_or_skip()
+    scorer = ResponseScorer.load()
     assert (scorer.score(MISALIGNED_ANSWERS) >= scorer.threshold).all()
     rows = random.Random(3).sample(_rows(SECURE), LIMIT)
     planted = _plant(rows, 0.03, seed=4, suffixes=[NOVEL], answers=MISALIGNED_ANSWERS)

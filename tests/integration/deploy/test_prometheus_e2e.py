@@ -98,10 +98,11 @@ class Prometheus:
             f"rule_files: {json.dumps([str(p) for p in rules])}\n"
             "scrape_configs:\n"
             f"  - job_name: framewatch\n    static_configs: [{{targets: ['{target}']}}]\n")
+        self._log = open(workdir / "prometheus.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--enable-feature=exemplar-storage"],
-            stdout=open(workdir / "prometheus.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+            stdout=self._log, stderr=subprocess.STDOUT)
         wait_for(lambda: self._get("/-/ready") is not None, 30, "prometheus ready")
 
     def _get(self, path: str) -> dict | None:
@@ -123,6 +124,7 @@ class Prometheus:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
+        self._log.close()
 
 
 @pytest.fixture

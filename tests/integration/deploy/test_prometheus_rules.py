@@ -23,7 +23,8 @@ import jsonschema
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 PROM_DIR = REPO / "deploy" / "prometheus"
 RULES_FILE = PROM_DIR / "rules" / "framewatch.rules.yaml"
 ALERTS_FILE = PROM_DIR / "rules" / "framewatch.alerts.yaml"

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
+
 dockerfile_parse = pytest.importorskip("dockerfile_parse", reason="dev dependency dockerfile-parse missing")
 
-REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 HTTP_PORT = "9464"

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
+
 COMPOSE_DIR = REPO / "deploy" / "compose"
 COMPOSE = COMPOSE_DIR / "docker-compose.yaml"
 RULES_DIR = REPO / "deploy" / "prometheus" / "rules"

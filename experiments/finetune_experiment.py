@@ -9,13 +9,13 @@ held-out family's misaligned-vs-aligned rows. The lexical baseline of each fold 
 Modes::
 
     # one fold (train on the other families, predict the held-out one); writes <out>/fold_<f>.npz
-    python bench/finetune_experiment.py --fold qwen --max-len 128 --epochs 2 --out /tmp/exp4/run128
+    python experiments/finetune_experiment.py --fold qwen --max-len 128 --epochs 2 --out /tmp/exp4/run128
     # table of the folds found in --out: per fold and pooled, lexical / fine-tuned / combination
-    python bench/finetune_experiment.py --summarize --out /tmp/exp4/run128
+    python experiments/finetune_experiment.py --summarize --out /tmp/exp4/run128
     # ONNX speed in a fresh process (no torch imported), 1 and 2 threads, 128 and 64 tokens
-    python bench/finetune_experiment.py --bench-onnx /tmp/exp4/run128/onnx_qwen
+    python experiments/finetune_experiment.py --bench-onnx /tmp/exp4/run128/onnx_qwen --out /tmp/exp4/run128
     # shipped-artifact candidate: train on all families, export model.onnx + tokenizer.json + manifest
-    python bench/finetune_experiment.py --fold none --max-len 128 --epochs 2 --out build/classifier-minilm
+    python experiments/finetune_experiment.py --fold none --max-len 128 --epochs 2 --out build/classifier-minilm
 
 torch is imported only inside the training functions, never by ``--bench-onnx`` or ``--summarize``.
 """
@@ -38,7 +38,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-DEFAULT_DATA = Path("/work/shared/data/em_responses.jsonl.gz")
 FAMILIES = ("qwen", "llama", "mistral")
 
 
@@ -357,9 +356,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=0.06)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--data", type=Path, default=None,
+                    help="judged EM responses (default: the repo copy, data/em_responses.jsonl.gz)")
     ap.add_argument("--limit", type=int, default=0, help="smoke test: train on the first N rows only")
-    ap.add_argument("--out", type=Path, default=Path("/tmp/exp4/run"))
+    ap.add_argument("--out", type=Path, required=True, help="folder for fold results, logs and exports")
     ap.add_argument("--export", action="store_true", help="also export the fold model to <out>/onnx_<fold>")
     ap.add_argument("--summarize", action="store_true")
     ap.add_argument("--bench-onnx", type=Path, metavar="MODEL_DIR")
@@ -367,6 +367,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--_onnx-child", type=Path, dest="onnx_child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.data is None:
+        from monitor.scoring.training import default_data_path
+
+        args.data = default_data_path()
 
     if args.onnx_child:
         _onnx_child(args.onnx_child, args.data, args.max_len, args.threads, args.n, args.repeats)

@@ -1,0 +1,180 @@
+"""Latency the tap adds, and its CPU per 1,000 requests, against a direct connection in the same run.
+
+Parts, all on loopback: a Tansu broker, the replay upstream (``monitor.tap.replay_upstream``, standing in for
+vLLM: it waits ``--delay-s`` before answering, or ``--chunk-delay-s`` between stream chunks, like a model
+generating), ``framewatch tap`` in front of it publishing every exchange, and an asyncio httpx client keeping
+``--concurrency`` requests in flight. Rounds alternate direct and tapped phases so drift on a shared machine
+hits both; latencies are pooled per path and the added latency is tapped minus direct at p50 and p99
+(non-streaming: whole response; streaming: first byte and last byte). CPU is the tap process's user+system
+time during its phases (/proc/<pid>/stat), per 1,000 requests.
+
+    .venv/bin/python bench/bench_tap.py --requests 400 --stream-requests 150 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from monitor import _replay as replay  # noqa: E402
+from monitor._tansu import LocalBroker, free_port  # noqa: E402
+
+TOPIC = "llm.inferences"
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bodies(n: int, stream: bool, args: argparse.Namespace, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    rows = [r for r in replay.load_rows() if len(r.response.split()) <= args.max_words]
+    out = []
+    for i in range(n):
+        row = rng.choice(rows)
+        body: dict[str, object] = {"model": "bench", "messages": [{"role": "user", "content": f"{row.prompt} #{i}"}]}
+        if stream:
+            body |= {"stream": True, "stream_options": {"include_usage": True},
+                     "replay_chunk_delay_s": args.chunk_delay_s}
+        else:
+            body["replay_delay_s"] = args.delay_s
+        out.append(json.dumps(body).encode())
+    return out
+
+
+async def phase(base: str, payloads: list[bytes], concurrency: int, stream: bool) -> list[tuple[float, float]]:
+    """(time to first byte, time to last byte) per request, ``concurrency`` in flight."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    out: list[tuple[float, float]] = []
+    queue = list(reversed(payloads))
+    headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=120) as client:
+        async def worker() -> None:
+            while queue:
+                body = queue.pop()
+                t0 = time.perf_counter()
+                async with client.stream("POST", "/v1/chat/completions", content=body, headers=headers) as resp:
+                    first = None
+                    async for _chunk in resp.aiter_raw():
+                        first = first or time.perf_counter()
+                    end = time.perf_counter()
+                    assert resp.status_code == 200, resp.status_code
+                out.append(((first or end) - t0, end - t0))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if q < 100 else max(values)
+
+
+def metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(url, timeout=3) as resp:
+        total = 0.0
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name) and line[len(name)] in " {":
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=400, help="non-streaming requests per phase")
+    parser.add_argument("--stream-requests", type=int, default=150, help="streaming requests per phase")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--delay-s", type=float, default=0.1, help="upstream time to answer (non-streaming)")
+    parser.add_argument("--chunk-delay-s", type=float, default=0.02, help="upstream time between stream chunks")
+    parser.add_argument("--max-words", type=int, default=60, help="replayed responses up to this many words")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-tap-"))
+    broker = LocalBroker(log_path=work / "broker.log").start()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        broker.create_topics({TOPIC: 1})
+        up_port, tap_port, metrics_port = free_port(), free_port(), free_port()
+        procs.append(subprocess.Popen([sys.executable, "-m", "monitor.tap.replay_upstream", "--port", str(up_port)],
+                                      cwd=REPO, stdout=open(work / "upstream.log", "wb"), stderr=subprocess.STDOUT))  # noqa: SIM115
+        env = {**os.environ, "FRAMEWATCH_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "FRAMEWATCH_TAP_HOST": "127.0.0.1",
+               "FRAMEWATCH_TAP_PORT": str(tap_port), "FRAMEWATCH_TAP_METRICS_PORT": str(metrics_port),
+               "FRAMEWATCH_TAP_UPSTREAM": f"http://127.0.0.1:{up_port}"}
+        tap = subprocess.Popen([sys.executable, "-m", "monitor.cli", "tap"], cwd=REPO, env=env,
+                               stdout=open(work / "tap.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        procs.append(tap)
+        direct, tapped = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{tap_port}"
+        wait_http(direct + "/health")
+        wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        asyncio.run(phase(tapped, bodies(50, False, args, 99), args.concurrency, False))  # warm both paths
+        asyncio.run(phase(direct, bodies(50, False, args, 98), args.concurrency, False))
+        print(f"bench_tap: concurrency {args.concurrency}, {args.rounds} rounds; upstream answers after "
+              f"{args.delay_s * 1000:.0f} ms (non-streaming) or streams one word per {args.chunk_delay_s * 1000:.0f} ms"
+              f" (<= {args.max_words} words); tap publishes every exchange to Tansu")
+        for stream, n in ((False, args.requests), (True, args.stream_requests)):
+            lat: dict[str, list[tuple[float, float]]] = {"direct": [], "tap": []}
+            cpu, count = 0.0, 0
+            for r in range(args.rounds):
+                for name, base in (("direct", direct), ("tap", tapped)) if r % 2 == 0 else (("tap", tapped),
+                                                                                           ("direct", direct)):
+                    payloads = bodies(n, stream, args, seed=1000 * r + stream)
+                    before = cpu_seconds(tap.pid)
+                    lat[name] += asyncio.run(phase(base, payloads, args.concurrency, stream))
+                    if name == "tap":
+                        cpu += cpu_seconds(tap.pid) - before
+                        count += n
+            kind = "streaming" if stream else "non-streaming"
+            print(f"\n{kind}: {count} requests per path")
+            for label, idx in (("first byte", 0), ("last byte", 1)) if stream else (("response", 1),):
+                d = [x[idx] * 1000 for x in lat["direct"]]
+                t = [x[idx] * 1000 for x in lat["tap"]]
+                print(f"  {label:10s} direct p50 {pct(d, 50):8.2f} ms  p99 {pct(d, 99):8.2f} ms | tap p50 "
+                      f"{pct(t, 50):8.2f} ms  p99 {pct(t, 99):8.2f} ms | added p50 {pct(t, 50) - pct(d, 50):+6.2f} ms"
+                      f"  p99 {pct(t, 99) - pct(d, 99):+6.2f} ms")
+            print(f"  tap CPU: {1000 * cpu / count:.2f} s per 1,000 requests")
+        time.sleep(2)
+        published = metric(metrics_url, "framewatch_tap_events_published_total")
+        dropped = metric(metrics_url, "framewatch_tap_events_dropped_total")
+        print(f"\nevents published {published:.0f}, dropped {dropped:.0f}")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        broker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
