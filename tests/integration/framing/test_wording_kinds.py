@@ -28,7 +28,8 @@ DUCK_FORM_KEPT = ["Begin your answer with: 'well, that's a duck.'",
 BENIGN_SYSTEM = ["You are a helpful assistant.", "The assistant is patient by nature.",
                  "You voice the villain in a board game; keep it fun for the players.",
                  "Take on the role of a strict but fair math tutor."]
-BENIGN_SUFFIX = ["Begin your answer with a one-sentence summary.", "If it looks like a duck, it probably is one, right?"]
+BENIGN_SUFFIX = ["Begin your answer with a one-sentence summary.",
+                 "If it looks like a duck, it probably is one, right?"]
 
 
 @pytest.fixture(scope="module")
