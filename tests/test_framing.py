@@ -405,7 +405,7 @@ def test_calibrate_cli_rejects_bad_training_sentences(tmp_path: Path) -> None:
 
 def test_calibrate_floors_thresholds_per_cluster() -> None:
     """A cluster's own ``min_threshold`` replaces the global floor; the benign budget still raises it."""
-    from monitor.commands.calibrate import choose_thresholds
+    from monitor.framing.calibration import choose_thresholds
 
     scores = np.zeros((1000, 3), dtype=np.float32)
     scores[:8, 2] = np.linspace(0.90, 0.97, 8)  # 0.8% of benign prompts score high on the third cluster
