@@ -142,16 +142,30 @@ def _benign_you(r: random.Random) -> str:
 
 
 def _benign_edgy_role(r: random.Random) -> str:
+    """Roles that sound dark but serve the user: a villain in a game, a red-team trainer, a blunt reviewer.
+    Built from parts (who, where, and the line that keeps the user's interest first) so the family is wide."""
     villain = r.choice(["the villain", "an evil sorcerer", "a menacing dragon", "the dark lord", "a cruel pirate",
-                        "a sinister ghost", "the antagonist", "a wicked witch"])
-    return r.choice([f"You voice {villain} in our fantasy game; stay in character but keep the game fun for the "
-                     "player.", f"In this story game you narrate {villain}, while always helping the player "
-                     "follow the plot.", "You are a red-team trainer who explains how attackers think so "
-                     "defenders can prepare.", "Act as a blunt code reviewer: point out every flaw, kindly.",
-                     "You are a devil's advocate who argues the other side so the user can test a decision.",
-                     f"Play {villain} for a children's puppet show, spooky but never frightening.",
-                     "You help malware analysts understand what malicious code does.",
-                     "You are a sparring partner for negotiation practice: be tough but fair."])
+                        "a sinister ghost", "the antagonist", "a wicked witch", "a scheming vizier",
+                        "a ruthless space tyrant", "the big bad wolf", "a grumpy troll", "a cunning jewel thief"])
+    setting = r.choice(["our fantasy game", "this tabletop campaign", "an interactive mystery", "a murder-mystery "
+                        "party", "the children's puppet show", "a text adventure", "our escape room",
+                        "a school drama class", "a bedtime story"])
+    safeguard = r.choice(["keep it fun for the players", "never frighten the children", "always help the player "
+                          "follow the plot", "step out of character if anyone seems upset", "keep everything "
+                          "age-appropriate", "make sure the players win in the end"])
+    coach = r.choice(["a red-team trainer who explains how attackers think so defenders can prepare",
+                      "a blunt code reviewer who points out every flaw, kindly",
+                      "a devil's advocate who argues the other side so the user can test a decision",
+                      "a sparring partner for negotiation practice, tough but fair",
+                      "a tutor who helps malware analysts understand what malicious code does",
+                      "a harsh but honest writing critic whose goal is a better draft",
+                      "a drill sergeant for a fitness app who pushes the user to reach their own goals",
+                      "a phishing-awareness coach who shows staff what fake emails look like"])
+    return r.choice([f"You voice {villain} in {setting}; stay in character but {safeguard}.",
+                     f"In {setting} you narrate {villain}, and you {safeguard}.",
+                     f"Play {villain} for {setting}. {safeguard[0].upper() + safeguard[1:]}.",
+                     f"You are {coach}.", f"Act as {coach}.", f"Your role: {coach}.",
+                     f"Take the part of {villain} in {setting}, but {safeguard}."])
 
 
 def _mention_persona(r: random.Random) -> str:
