@@ -24,7 +24,7 @@ $(MODEL): | $(STAMP)
 	$(BIN)/framewatch build-model
 
 demo: setup model
-	$(BIN)/framewatch demo
+	$(BIN)/framewatch demo $(DEMO_ARGS)
 
 system-deps:
 	bash scripts/system-deps.sh

@@ -6,7 +6,8 @@ generating), ``framewatch tap`` in front of it publishing every exchange, and an
 ``--concurrency`` requests in flight. Rounds alternate direct and tapped phases so drift on a shared machine
 hits both; latencies are pooled per path and the added latency is tapped minus direct at p50 and p99
 (non-streaming: whole response; streaming: first byte and last byte). CPU is the tap process's user+system
-time during its phases (/proc/<pid>/stat), per 1,000 requests.
+time during its phases (/proc/<pid>/stat), per 1,000 requests. Last, the broker is stopped and the
+non-streaming comparison runs again: a broker outage must not slow a user's request (docs/tap.md).
 
     .venv/bin/python bench/bench_tap.py --requests 400 --stream-requests 150 --rounds 3
 """
@@ -92,7 +93,7 @@ async def phase(base: str, payloads: list[bytes], concurrency: int, stream: bool
     return out
 
 
-def pct(values: list[float], q: float) -> float:
+def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if q < 100 else max(values)
 
 
@@ -114,21 +115,24 @@ def main() -> int:
     parser.add_argument("--delay-s", type=float, default=0.1, help="upstream time to answer (non-streaming)")
     parser.add_argument("--chunk-delay-s", type=float, default=0.02, help="upstream time between stream chunks")
     parser.add_argument("--max-words", type=int, default=60, help="replayed responses up to this many words")
+    parser.add_argument("--outage-requests", type=int, default=200,
+                        help="non-streaming requests per phase with the broker stopped (0: skip that part)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-tap-"))
     broker = LocalBroker(log_path=work / "broker.log").start()
     procs: list[subprocess.Popen[bytes]] = []
+    up_log, tap_log = open(work / "upstream.log", "wb"), open(work / "tap.log", "wb")  # noqa: SIM115
     try:
         broker.create_topics({TOPIC: 1})
         up_port, tap_port, metrics_port = free_port(), free_port(), free_port()
         procs.append(subprocess.Popen([sys.executable, "-m", "monitor.tap.replay_upstream", "--port", str(up_port)],
-                                      cwd=REPO, stdout=open(work / "upstream.log", "wb"), stderr=subprocess.STDOUT))  # noqa: SIM115
+                                      cwd=REPO, stdout=up_log, stderr=subprocess.STDOUT))
         env = {**os.environ, "FRAMEWATCH_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "FRAMEWATCH_TAP_HOST": "127.0.0.1",
                "FRAMEWATCH_TAP_PORT": str(tap_port), "FRAMEWATCH_TAP_METRICS_PORT": str(metrics_port),
                "FRAMEWATCH_TAP_UPSTREAM": f"http://127.0.0.1:{up_port}"}
         tap = subprocess.Popen([sys.executable, "-m", "monitor.cli", "tap"], cwd=REPO, env=env,
-                               stdout=open(work / "tap.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+                               stdout=tap_log, stderr=subprocess.STDOUT)
         procs.append(tap)
         direct, tapped = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{tap_port}"
         wait_http(direct + "/health")
@@ -140,30 +144,20 @@ def main() -> int:
               f"{args.delay_s * 1000:.0f} ms (non-streaming) or streams one word per {args.chunk_delay_s * 1000:.0f} ms"
               f" (<= {args.max_words} words); tap publishes every exchange to Tansu")
         for stream, n in ((False, args.requests), (True, args.stream_requests)):
-            lat: dict[str, list[tuple[float, float]]] = {"direct": [], "tap": []}
-            cpu, count = 0.0, 0
-            for r in range(args.rounds):
-                for name, base in (("direct", direct), ("tap", tapped)) if r % 2 == 0 else (("tap", tapped),
-                                                                                           ("direct", direct)):
-                    payloads = bodies(n, stream, args, seed=1000 * r + stream)
-                    before = cpu_seconds(tap.pid)
-                    lat[name] += asyncio.run(phase(base, payloads, args.concurrency, stream))
-                    if name == "tap":
-                        cpu += cpu_seconds(tap.pid) - before
-                        count += n
-            kind = "streaming" if stream else "non-streaming"
-            print(f"\n{kind}: {count} requests per path")
-            for label, idx in (("first byte", 0), ("last byte", 1)) if stream else (("response", 1),):
-                d = [x[idx] * 1000 for x in lat["direct"]]
-                t = [x[idx] * 1000 for x in lat["tap"]]
-                print(f"  {label:10s} direct p50 {pct(d, 50):8.2f} ms  p99 {pct(d, 99):8.2f} ms | tap p50 "
-                      f"{pct(t, 50):8.2f} ms  p99 {pct(t, 99):8.2f} ms | added p50 {pct(t, 50) - pct(d, 50):+6.2f} ms"
-                      f"  p99 {pct(t, 99) - pct(d, 99):+6.2f} ms")
-            print(f"  tap CPU: {1000 * cpu / count:.2f} s per 1,000 requests")
+            compare(direct, tapped, tap.pid, stream, n, args, "streaming" if stream else "non-streaming")
         time.sleep(2)
         published = metric(metrics_url, "framewatch_tap_events_published_total")
         dropped = metric(metrics_url, "framewatch_tap_events_dropped_total")
         print(f"\nevents published {published:.0f}, dropped {dropped:.0f}")
+        if args.outage_requests:
+            # The issue's "broker stopped: requests still succeed at normal latency", measured here rather than
+            # asserted in a test: the same comparison with no broker behind the tap.
+            broker.stop()
+            compare(direct, tapped, tap.pid, False, args.outage_requests, args, "non-streaming, broker stopped")
+            time.sleep(2)
+            drops = metric(metrics_url, "framewatch_tap_events_dropped_total") - dropped
+            print(f"  events dropped while the broker was down: {drops:.0f} "
+                  f"(of {args.rounds * args.outage_requests} exchanges; the queue holds the rest until it is full)")
     finally:
         for p in procs:
             p.terminate()
@@ -172,8 +166,35 @@ def main() -> int:
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
+        up_log.close()
+        tap_log.close()
         broker.stop()
     return 0
+
+
+def compare(direct: str, tapped: str, tap_pid: int, stream: bool, n: int, args: argparse.Namespace,
+            kind: str) -> None:
+    """Alternating direct and tapped phases of ``n`` requests; print added latency and the tap's CPU."""
+    lat: dict[str, list[tuple[float, float]]] = {"direct": [], "tap": []}
+    cpu, count = 0.0, 0
+    for r in range(args.rounds):
+        for name, base in (("direct", direct), ("tap", tapped)) if r % 2 == 0 else (("tap", tapped),
+                                                                                   ("direct", direct)):
+            payloads = bodies(n, stream, args, seed=1000 * r + stream)
+            before = cpu_seconds(tap_pid)
+            lat[name] += asyncio.run(phase(base, payloads, args.concurrency, stream))
+            if name == "tap":
+                cpu += cpu_seconds(tap_pid) - before
+                count += n
+    print(f"\n{kind}: {count} requests per path")
+    for label, idx in (("first byte", 0), ("last byte", 1)) if stream else (("response", 1),):
+        d = [x[idx] * 1000 for x in lat["direct"]]
+        t = [x[idx] * 1000 for x in lat["tap"]]
+        print(f"  {label:10s} direct p50 {pct(d, 50):8.2f} ms  p99 {pct(d, 99):8.2f} ms | tap p50 "
+              f"{pct(t, 50):8.2f} ms  p99 {pct(t, 99):8.2f} ms | added p50 {pct(t, 50) - pct(d, 50):+6.2f} ms"
+              f"  p99 {pct(t, 99) - pct(d, 99):+6.2f} ms")
+    print(f"  tap CPU: {1000 * cpu / count:.2f} s per 1,000 requests")
 
 
 if __name__ == "__main__":

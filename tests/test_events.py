@@ -59,12 +59,40 @@ def test_trace_id_from_headers() -> None:
      "invalid_messages"),
     (enc({"event_id": "1", "model": "m", "prompt": "p", "messages": [{"role": "user", "content": "x"}],
           "response": "r"}), "invalid_messages"),
+    # once exceptions that escaped the decoder and stopped the consumer (issue 21)
+    (b'{"event_id": "1", "model": "m", "prompt": "p", "response": "r", "metadata": {"n": ' + b"9" * 4301 + b"}}",
+     "invalid_number"),
+    (b'{"event_id": "1", "model": "m", "prompt": "p", "response": "r", "timestamp": NaN}', "invalid_number"),
+    (b'{"event_id": "1", "model": "m", "prompt": "p", "response": "r", "timestamp": -Infinity}', "invalid_number"),
+    (b'{"event_id": "1", "model": "m", "prompt": "p", "response": "r", "timestamp": 1e400}', "invalid_number"),
+    (enc({"event_id": "1", "model": "m", "messages": [{"role": ["user"], "content": "x"}], "response": "r"}),
+     "invalid_messages"),
+    (enc({"event_id": "1", "model": "m", "messages": [{"role": {"a": 1}, "content": "x"}], "response": "r"}),
+     "invalid_messages"),
+    (enc({"event_id": "1", "model": "m", "messages": [{"role": "user", "content": [{"type": ["text"]}]}],
+          "response": "r"}), "invalid_messages"),
+    (b'{"event_id": "1", "model": "m", "prompt": "p \\ud800", "response": "r"}', "invalid_utf8"),
+    (b"[" * 100_000 + b"]" * 100_000, "invalid_json"),
 ])
 def test_malformed_events_get_a_reason(raw: bytes | None, reason: str) -> None:
     with pytest.raises(DecodeError) as info:
         decode_event(raw)
     assert info.value.reason == reason
     assert reason in DECODE_REASONS
+
+
+def test_invalid_number_names_the_json_path_and_never_the_value() -> None:
+    raw = b'{"event_id": "1", "model": "m", "prompt": "p", "response": "r", "metadata": {"n": ' + b"7" * 5000 + b"}}"
+    with pytest.raises(DecodeError) as info:
+        decode_event(raw)
+    assert info.value.detail.startswith("$.metadata.n:") and "7777" not in info.value.detail
+
+
+def test_invalid_role_is_not_echoed() -> None:
+    with pytest.raises(DecodeError) as info:
+        decode_event(enc({"event_id": "1", "model": "m", "messages": [{"role": "sekrit_role", "content": "x"}],
+                          "response": "r"}))
+    assert "sekrit_role" not in str(info.value)
 
 
 def test_limits_are_enforced() -> None:

@@ -17,12 +17,13 @@ import json
 import os
 import random
 import shutil
+import threading
 import tracemalloc
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -156,7 +157,7 @@ def writable_registry(tmp_path: Path) -> Path:
 DIM = 32
 
 
-def synthetic_embed(texts: list[str]) -> np.ndarray:
+def synthetic_embed(texts: Sequence[str]) -> np.ndarray:
     """Deterministic random unit vectors per text: equal texts are identical, different ones ~orthogonal."""
     out = np.empty((len(texts), DIM), dtype=np.float32)
     for i, t in enumerate(texts):
@@ -169,7 +170,7 @@ def synthetic_embed(texts: list[str]) -> np.ndarray:
 class FakeEmbedder:
     dim = DIM
 
-    def embed(self, texts: list[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
         return synthetic_embed(list(texts))
 
 
@@ -278,7 +279,7 @@ def test_redaction_policies() -> None:
     assert Redactor("truncate:10")(text) == "x" * 10 + "…"
     assert Redactor("truncate:200")(text) == text
     hashed = Redactor("hash")(text)
-    assert hashed.startswith("sha256:") and "xxx" not in hashed
+    assert hashed is not None and hashed.startswith("sha256:") and "xxx" not in hashed
     assert Redactor()(None) is None
     for bad in ("truncate:", "truncate:-1", "mask", "truncate:abc"):
         with pytest.raises(RedactionError):
@@ -309,6 +310,13 @@ def test_flagged_records_carry_verdict_coordinates_and_redacted_text(tmp_path: P
     assert ip.client.get("/v1/incidents").json()["count"] == 2
 
 
+class NoSleep(threading.Event):
+    """A stop event that is never set and whose backoff waits return at once: no real sleeping in a test."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return False
+
+
 def test_publisher_retries_then_refuses_so_the_batch_is_not_committed() -> None:
     sent: list[tuple[str, bytes]] = []
     attempts = []
@@ -317,8 +325,7 @@ def test_publisher_retries_then_refuses_so_the_batch_is_not_committed() -> None:
         attempts.append(1)
         return FakeProducer(sent, fail=len(attempts) < 3)  # the first two producers fail
 
-    pub = FlaggedPublisher("t", factory, give_up_s=60)
-    pub.stop.wait = lambda _delay: False  # type: ignore[method-assign] # no real sleeping in the test
+    pub = FlaggedPublisher("t", factory, give_up_s=60, stop=NoSleep())
     pub.publish([{"event_id": "e", "kafka": {"topic": "x", "partition": 0, "offset": 1}}])
     assert len(attempts) == 3 and len(sent) == 1
     dead = FlaggedPublisher("t", lambda: FakeProducer([], fail=True), give_up_s=0)
@@ -369,7 +376,7 @@ def test_admin_calls_need_the_right_token(tmp_path: Path) -> None:
     r = ip.client.post("/v1/clusters", json=body)
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
     r = ip.client.post("/v1/clusters", json=body, headers={"Authorization": "Bearer wrong"})
-    assert r.status_code == 403 and "wrong" in r.json()["detail"]
+    assert r.status_code == 401 and "wrong" in r.json()["detail"]  # RFC 6750 invalid_token: a 401 too
     assert "pirate_persona" not in ip.client.get("/v1/clusters").text
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     r = ip.client.post("/v1/clusters", json=body, headers=auth)
@@ -506,6 +513,11 @@ def merged(sidecar: SidecarProcess) -> int:
     return int(body["evidence"]["events_merged"]) if status == 200 else -1
 
 
+def at_least(count: Callable[[], float], n: float) -> Callable[[], bool]:
+    """A ``wait_for`` predicate bound to this ``count`` and ``n`` (a lambda in a loop would see later values)."""
+    return lambda: count() >= n
+
+
 def traffic_until_candidate(broker: LocalBroker, sidecar: SidecarProcess, pools: Pools, rng: random.Random,
                             *, max_rounds: int = 10, tagged: int = 0) -> tuple[dict[str, Any], int, int]:
     """Produce rounds of 500 events (+ ``tagged``) until a significant candidate is listed.
@@ -514,8 +526,9 @@ def traffic_until_candidate(broker: LocalBroker, sidecar: SidecarProcess, pools:
     produced = 0
     for round_no in range(max_rounds):
         produced += produce(broker.bootstrap, TOPIC, round_of_traffic(pools, rng, round_no, tagged=tagged))
-        wait_for(lambda n=produced: sidecar.processed() >= n, 300, f"{produced} events processed")
-        wait_for(lambda n=produced: merged(sidecar) >= n, 60, f"{produced} events merged from the evidence topic")
+        wait_for(at_least(sidecar.processed, produced), 300, f"{produced} events processed")
+        wait_for(at_least(functools.partial(merged, sidecar), produced), 60,
+                 f"{produced} events merged from the evidence topic")
         status, body = http(sidecar, "GET", "/v1/candidates")
         assert status == 200, body
         if body["candidates"]:
@@ -554,7 +567,7 @@ def test_emerging_framing_surfaces_and_promotion_counts_it_under_a_new_cluster(b
 
         # Every failing event is on the flagged topic, with its verdict, coordinates and trace id.
         failing = rounds * 22
-        flagged = [json.loads(r.value) for r in read_all(broker.bootstrap, FLAGGED, failing)]
+        flagged = [json.loads(cast(Any, r).value) for r in read_all(broker.bootstrap, FLAGGED, failing)]
         assert len({(f["kafka"]["partition"], f["kafka"]["offset"]) for f in flagged}) == failing
         assert all(f["misaligned"] and f["trace_id"] and f["kafka"]["topic"] == TOPIC for f in flagged)
         assert all(len(f["prompt"]) <= 81 for f in flagged)  # default redaction: truncate:80
@@ -566,7 +579,7 @@ def test_emerging_framing_surfaces_and_promotion_counts_it_under_a_new_cluster(b
         # Admin: without, with a wrong, with the right token.
         path = f"/v1/candidates/{cand['id']}/promote"
         assert http(s, "POST", path, body={"id": "pirate_persona"})[0] == 401
-        assert http(s, "POST", path, token="wrong", body={"id": "pirate_persona"})[0] == 403
+        assert http(s, "POST", path, token="wrong", body={"id": "pirate_persona"})[0] == 401
         assert "pirate_persona" not in registry.read_text()
         status, body = http(s, "POST", path, token=ADMIN_TOKEN, body={"id": "pirate_persona"})
         assert status == 201, body

@@ -76,7 +76,6 @@ Weights go to an ``.npz`` (no pickle); thresholds and a calibration summary go i
 
 from __future__ import annotations
 
-import gzip
 import itertools
 import json
 import random
@@ -144,7 +143,7 @@ class TrainingData:
 def load_training_data(templates: Path, written: Path | None, benign: Path, split: str | None) -> TrainingData:
     """Templates + written sentences, and benign prompts: the reference set, benign operator system prompts and
     prose contexts (see ``DEFAULT_BENIGN_SYSTEM`` and ``PROSE_SOURCES``). Raises OSError or ValueError."""
-    specs = [json.loads(line) for line in templates.read_text().splitlines() if line.strip()]
+    specs = _rows(templates)
     if written is not None:
         specs += written_as_templates(written)
     pairs = read_benign(benign, split)
@@ -153,11 +152,19 @@ def load_training_data(templates: Path, written: Path | None, benign: Path, spli
     return TrainingData(specs, pairs)
 
 
+def _rows(path: Path) -> list[Any]:
+    """Every object of a JSON Lines file (gzip by suffix), through the one reader (monitor._io)."""
+    from monitor._io import iter_jsonl, open_text
+
+    with open_text(path) as fh:
+        return [obj for _, obj in iter_jsonl(fh, str(path))]
+
+
 def system_prompt_pairs(path: Path) -> list[tuple[str | None, str]]:
     """Benign operator system prompts with their user turn."""
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = _rows(path)
     return [(r["system_prompt"], r.get("prompt") or "Hello!") for r in rows]
 
 
@@ -171,8 +178,7 @@ def prose_pairs(path: Path, n: int = PROSE_PROMPTS, seed: int = SEED) -> list[tu
     """Real answers of the ``PROSE_SOURCES`` placed in user turns (a few framings of context and paste)."""
     if not path.exists():
         return []
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh if line.strip()]
+    rows = _rows(path)
     texts = sorted({r["answer_clean"] for r in rows if r.get("source") in PROSE_SOURCES
                     and len(r.get("answer_clean") or "") >= 80})
     rng = random.Random(seed)
@@ -183,10 +189,7 @@ def prose_pairs(path: Path, n: int = PROSE_PROMPTS, seed: int = SEED) -> list[tu
 def read_benign(path: Path, split: str | None) -> list[tuple[str | None, str]]:
     """(system_prompt, user text) pairs from a benign JSONL file."""
     rows = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        obj = json.loads(line)
+    for obj in _rows(path):
         if split and obj.get("split", split) != split:
             continue
         rows.append((obj.get("system_prompt"), obj.get("text") or obj.get("prompt") or ""))
@@ -227,10 +230,7 @@ def written_as_templates(path: Path) -> list[dict[str, Any]]:
     from monitor.framing.segmenting import strip_list_marker
 
     grouped: dict[tuple[str, int], list[str]] = {}
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for n, row in enumerate(_rows(path), start=1):
         try:
             text = strip_list_marker(str(row["text"]))  # as segmenting presents a list item
             grouped.setdefault((str(row["cluster"]), int(row["label"])), []).append(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from monitor.triage.service import Triage
 
 log = get_logger("framewatch.sidecar")
 DEFAULT_REGISTRY = registry_mod.DEFAULT_REGISTRY
+#: How often the signal watcher looks for a noted signal (a SIGTERM is acted on within this).
+SIGNAL_POLL_S = 0.1
 
 
 @dataclass
@@ -45,15 +48,36 @@ class Sidecar:
         return thread
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT: finish the batch, commit, leave the group. SIGHUP: re-read the registry now."""
-        def _stop(signum: int, _frame: object) -> None:
-            log.info("signal_received_stopping", signal=signal.Signals(signum).name)
-            self.consumer.stop()
+        """SIGTERM/SIGINT: finish the batch, commit, leave the group. SIGHUP: re-read the registry now.
 
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
-        # Only a flag here: the reload itself runs in the consume loop between batches (see build()).
-        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+        The handlers only note the signal; a watcher thread acts on it. A Python signal handler runs in the main
+        thread between two bytecodes, possibly while that thread holds a lock the handler would need: the log
+        writer's (structlog's ``PrintLogger`` guards the stream with a plain, non-reentrant ``Lock``) or an
+        Event's. Logging from the handler deadlocked the process when SIGTERM landed mid-write: it never exited
+        and was killed at the end of the grace period, its batch uncommitted.
+        """
+        pending: list[int] = []  # list.append/pop are atomic under the GIL: no lock in the handler
+
+        def note(signum: int, _frame: object) -> None:
+            pending.append(signum)
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, note)
+
+        def act() -> None:
+            while not self.consumer.state.stopped:
+                time.sleep(SIGNAL_POLL_S)
+                while pending:
+                    signum = pending.pop(0)
+                    if signum == signal.SIGHUP:
+                        # Only a flag: the reload itself runs in the consume loop between batches (see build()).
+                        log.info("signal_received_reloading_registry")
+                        self.reload_requested.set()
+                    else:
+                        log.info("signal_received_stopping", signal=signal.Signals(signum).name)
+                        self.consumer.stop()
+
+        threading.Thread(target=act, name="signals", daemon=True).start()
 
     def run(self) -> int:
         """Serve HTTP in a thread, consume in this one; returns the exit code."""
@@ -62,10 +86,15 @@ class Sidecar:
             self.consumer.run()
         finally:
             self.server.should_exit = True
-            if self.triage is not None:
-                self.triage.publisher.close()
+            self.close_triage()
             http.join(timeout=5)
         return 0
+
+    def close_triage(self) -> None:
+        """Close the triage producers and followers: every one shares the stop, so together they take seconds."""
+        if self.triage is not None:
+            self.triage.publisher.close()
+            self.triage.close()
 
 
 def build(settings: Settings) -> Sidecar:
@@ -105,10 +134,13 @@ def build(settings: Settings) -> Sidecar:
         watcher.check(force=force)
 
     consumer = SidecarConsumer(settings, pipeline, metrics, on_batch=between_batches)
-    # The flagged publisher waits inside the consume loop: it must see SIGTERM as soon as the loop does.
-    triage.publisher.stop = consumer.stop_event
-    app = create_app(metrics, consumer.state, windows, clusters=lambda: list(metrics.clusters),
-                     max_body_bytes=settings.http_max_body_bytes, admin_token=settings.admin_token)
+    # The flagged (and evidence) publisher waits inside the consume loop: after a SIGTERM it may finish the batch
+    # while the broker answers, and gives up as soon as the consumer abandons waiting (monitor.sidecar.consumer).
+    triage.publisher.stop = consumer.abandon_event
+    # /v1/status: with the shared triage view, every replica's counts (the same on every pod; docs/triage.md)
+    app = create_app(metrics, consumer.state, triage.view.counts if triage.shared else windows,
+                     clusters=lambda: list(metrics.clusters), max_body_bytes=settings.http_max_body_bytes,
+                     admin_token=settings.admin_token, shared_status=triage.shared)
     app.include_router(triage.router())
     triage.start_rebuild()
     server = uvicorn.Server(uvicorn.Config(app, host=settings.http_host, port=settings.http_port,

@@ -16,9 +16,14 @@ stop it again on every restart and pin its partition. So every failure is sorted
 * **the environment's fault** - the broker or the flagged topic is unreachable: nothing is committed, the batch is
   rewound and retried, and readiness says so.
 
-Every wait inside the loop is cut into slices of at most :data:`WAIT_SLICE_S` that check the stop event, so a
-SIGTERM during an outage is honoured within seconds, and readiness is also kept by a separate thread
-(:meth:`SidecarConsumer._watch_broker`) so it stays true while the loop waits on a send.
+Every wait inside the loop is cut into slices of at most :data:`WAIT_SLICE_S` that check an event, so a SIGTERM
+during an outage is honoured within seconds, and readiness is also kept by a separate thread
+(:meth:`SidecarConsumer._watch_broker`) so it stays true while the loop waits on a send. Two events, because a
+SIGTERM with the broker up should *finish* the batch (acks take milliseconds; abandoning it would leave half its
+flagged and evidence records written, to be written again by the partition's next owner), while one with the broker
+gone must not wait for it: ``stop_event`` ends the loop after the batch; ``abandon_event`` makes every wait on the
+broker (dead letters here, the flagged and evidence publishers) give up. It is set :data:`STOP_DRAIN_S` after the
+stop, or at once when the probe says the broker is unreachable.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ COMMIT_TIMEOUT_MS = 5000
 CLOSE_TIMEOUT_MS = 3000
 PROBE_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 1.0
+#: After a stop, how long waits on the broker may still finish the batch before they are abandoned.
+STOP_DRAIN_S = 5.0
 LOCATE_ATTEMPTS = 5
 
 #: Errors from poll() that belong to one record, not to the broker: skip past the record.
@@ -123,7 +130,8 @@ class SidecarConsumer:
         self.metrics = metrics
         self.on_batch = on_batch  # e.g. registry hot-reload check, once per loop iteration
         self.state = ConsumerState()
-        self.stop_event = threading.Event()  # shared with every publisher the batch waits on
+        self.stop_event = threading.Event()  # ends the loop once the batch is done
+        self.abandon_event = threading.Event()  # shared with every publisher the batch waits on (see module doc)
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self._last_lag = 0.0
@@ -134,8 +142,19 @@ class SidecarConsumer:
         self._undecodable_run: dict[tuple[str, int], tuple[int, int]] = {}  # partition -> (first, last) skipped
 
     def stop(self) -> None:
-        """Ask the loop to finish its batch, commit and leave the group (SIGTERM handler calls this)."""
+        """Ask the loop to finish its batch, commit and leave the group (SIGTERM handler calls this).
+
+        Waits on the broker get :data:`STOP_DRAIN_S` to finish the batch, none if the broker is known unreachable.
+        """
+        if self.stop_event.is_set():
+            return
         self.stop_event.set()
+        if not self.state.broker_probe_ok:
+            self.abandon_event.set()
+            return
+        timer = threading.Timer(STOP_DRAIN_S, self.abandon_event.set)
+        timer.daemon = True
+        timer.start()
 
     @property
     def _stop(self) -> threading.Event:
@@ -161,8 +180,10 @@ class SidecarConsumer:
     def _watch_broker(self) -> None:
         """Readiness that does not depend on the loop: a loop blocked on a send cannot report the outage."""
         bootstrap = kafka_client_config(self.settings)["bootstrap_servers"]
-        while not self._stop.wait(PROBE_INTERVAL_S):
+        while not self.abandon_event.wait(PROBE_INTERVAL_S) and not self.state.stopped:
             ok = broker_reachable(bootstrap)
+            if not ok and self._stop.is_set():
+                self.abandon_event.set()  # stopping with the broker gone: nothing to drain
             if ok != self.state.broker_probe_ok and not ok:
                 log.warning("kafka_broker_unreachable", source="probe", bootstrap=bootstrap)
             elif ok != self.state.broker_probe_ok:
@@ -368,7 +389,7 @@ class SidecarConsumer:
         deadline = time.monotonic() + DEAD_LETTER_DEADLINE_S
         while not all(f is None or f.is_done for f in futures):
             self.state.heartbeat = time.monotonic()
-            if self._stop.is_set() or time.monotonic() > deadline:
+            if self.abandon_event.is_set() or time.monotonic() > deadline:
                 log.error("dead_letter_write_timed_out", pending=sum(1 for f in futures if f and not f.is_done),
                           stopping=self._stop.is_set())
                 return None

@@ -20,6 +20,7 @@ smallest possible record: the ``framewatch.*`` headers alone.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from monitor.sidecar.pipeline import Rejected
@@ -27,6 +28,8 @@ from monitor.sidecar.pipeline import Rejected
 MAX_KEY_BYTES = 1024
 MAX_ORIGINAL_HEADER_BYTES = 16_384
 MAX_DETAIL_BYTES = 500
+#: A str can hold a lone UTF-16 surrogate (from a JSON escape, or from a key decoded with surrogateescape).
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -49,8 +52,8 @@ def dead_letter(rejected: Rejected, max_value_bytes: int) -> DeadLetter:
     record = rejected.record
     own: list[tuple[str, bytes]] = [
         ("framewatch.reason", rejected.reason.encode()),
-        ("framewatch.detail", _clip(rejected.detail.encode("utf-8", "replace"), MAX_DETAIL_BYTES)),
-        ("framewatch.source", source(rejected).encode("utf-8", "replace")),
+        ("framewatch.detail", _clip(_utf8(rejected.detail), MAX_DETAIL_BYTES)),
+        ("framewatch.source", _utf8(source(rejected))),
     ]
     headers, nulls, dropped = sanitise_headers(record.headers)
     if nulls:
@@ -85,7 +88,7 @@ def headers_only(letter: DeadLetter, original: Rejected, refusal: str) -> DeadLe
     if value is not None:
         own += [("framewatch.original_size", str(len(value)).encode()),
                 ("framewatch.original_sha256", hashlib.sha256(value).hexdigest().encode())]
-    own.append(("framewatch.value_omitted", _clip(refusal.encode("utf-8", "replace"), MAX_DETAIL_BYTES)))
+    own.append(("framewatch.value_omitted", _clip(_utf8(refusal), MAX_DETAIL_BYTES)))
     return DeadLetter(None, b"", own, own, True)
 
 
@@ -123,7 +126,12 @@ def _text(value: object) -> str:
     """Any header key as a str that encodes to UTF-8 (lone surrogates and undecodable bytes become U+FFFD)."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).decode("utf-8", "replace")
-    return str(value).encode("utf-8", "replace").decode("utf-8")
+    return _SURROGATE.sub("\ufffd", str(value))
+
+
+def _utf8(text: str) -> bytes:
+    """``text`` as UTF-8, a lone surrogate (which no UTF-8 encoder accepts) written as U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text).encode("utf-8")
 
 
 def _clip(data: bytes, limit: int) -> bytes:

@@ -8,8 +8,9 @@ FastAPI parses a JSON body before the token dependency of an admin route runs, s
 unauthenticated POST of any size was read into memory before its 401. The guard
 
 * answers admin requests (non-GET methods under ``/v1/clusters`` and ``/v1/candidates``) that lack the right
-  bearer token with 401/403 without reading a byte of their body (same codes and messages as the routes'
-  own check in :mod:`monitor.triage.service`, which still runs behind it);
+  bearer token without reading a byte of their body: 401 for missing or wrong credentials (RFC 6750's
+  ``invalid_token`` is a 401 too), 403 only while admin endpoints are disabled (no token configured); same codes
+  and messages as the routes' own check in :mod:`monitor.triage.service`, which still runs behind it;
 * refuses any body over ``http_max_body_bytes`` with 413: at once from ``Content-Length``, and by counting the
   bytes of a chunked or streamed body as the application reads them;
 * adds browser security headers (CSP, nosniff, frame-ancestors, referrer policy) to ``/ui`` and its files.
@@ -72,7 +73,7 @@ def admin_refusal(token: str | None, authorization: str | None) -> tuple[int, st
     if scheme.lower() != "bearer" or not credentials:
         return 401, "missing credentials: send 'Authorization: Bearer <FRAMEWATCH_ADMIN_TOKEN>'"
     if not hmac.compare_digest(credentials.encode("utf-8", "replace"), token.encode("utf-8")):
-        return 403, "wrong admin token"
+        return 401, "wrong admin token"
     return None
 
 
@@ -167,7 +168,9 @@ def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
 
 def create_app(metrics: Metrics, state: ConsumerState, windows: SlidingCounts,
                clusters: Callable[[], list[str]], *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               admin_token: str | None = None) -> FastAPI:
+               admin_token: str | None = None, shared_status: bool = False) -> FastAPI:
+    """``shared_status``: ``windows`` are the shared triage view's counts (every replica's events, merged from
+    the evidence topic, monitor.triage.view), so ``/v1/status`` answers alike on every pod."""
     app = FastAPI(title="Framewatch", version=__version__,
                   description="Trigger-framing monitor for LLM traffic: metrics, probes and status.")
     app.add_middleware(BoundedInput, max_body_bytes=max_body_bytes, admin_token=admin_token)  # type: ignore[arg-type]
@@ -195,8 +198,9 @@ def create_app(metrics: Metrics, state: ConsumerState, windows: SlidingCounts,
                              "last_error": None if ok else state.last_error},
                             status_code=200 if ok else 503)
 
-    @app.get("/v1/status", summary="Failure rates by cluster and framing over sliding windows (this replica)")
+    @app.get("/v1/status", summary="Failure rates by cluster and framing over sliding windows (every replica's "
+                                   "events with the shared triage view, else this replica's)")
     def v1_status() -> dict[str, object]:
-        return {"windows": status(windows, clusters()), "replica_local": True}
+        return {"windows": status(windows, clusters()), "replica_local": not shared_status}
 
     return app

@@ -18,7 +18,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from monitor import _replay as replay
 from monitor._tansu import free_port
@@ -34,24 +34,31 @@ class TapChain:
     metrics_port: int = 9465
     upstream_port: int = field(default_factory=free_port)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[BinaryIO] = field(default_factory=list)  # the children's log files, closed by stop()
 
     @property
     def tap_url(self) -> str:
         return f"http://127.0.0.1:{self.tap_port}"
 
     def start(self) -> TapChain:
-        up_log = open(self.workdir / "upstream.log", "ab")  # noqa: SIM115
+        up_log = open(self.workdir / "upstream.log", "ab")  # noqa: SIM115 - closed by stop()
+        self.logs.append(up_log)
         self.procs.append(subprocess.Popen(
             [sys.executable, "-m", "monitor.tap.replay_upstream", "--port", str(self.upstream_port)],
             stdout=up_log, stderr=subprocess.STDOUT))
         env = {**os.environ, "FRAMEWATCH_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "FRAMEWATCH_TAP_HOST": "127.0.0.1",
                "FRAMEWATCH_TAP_PORT": str(self.tap_port), "FRAMEWATCH_TAP_METRICS_PORT": str(self.metrics_port),
                "FRAMEWATCH_TAP_UPSTREAM": f"http://127.0.0.1:{self.upstream_port}"}
-        tap_log = open(self.workdir / "tap.log", "ab")  # noqa: SIM115
+        tap_log = open(self.workdir / "tap.log", "ab")  # noqa: SIM115 - closed by stop()
+        self.logs.append(tap_log)
         self.procs.append(subprocess.Popen([sys.executable, "-m", "monitor.cli", "tap"], env=env,
                                            stdout=tap_log, stderr=subprocess.STDOUT))
-        _wait_http(f"http://127.0.0.1:{self.upstream_port}/health")
-        _wait_http(f"http://127.0.0.1:{self.metrics_port}/readyz")
+        try:
+            _wait_http(f"http://127.0.0.1:{self.upstream_port}/health")
+            _wait_http(f"http://127.0.0.1:{self.metrics_port}/readyz")
+        except BaseException:
+            self.stop()  # the caller never got a chain to stop: leave no child running
+            raise
         return self
 
     def stop(self) -> None:
@@ -63,6 +70,9 @@ class TapChain:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
+        while self.logs:
+            self.logs.pop().close()
 
 
 def drive(tap_url: str, rate: float, stop: threading.Event) -> None:
@@ -76,19 +86,19 @@ def drive(tap_url: str, rate: float, stop: threading.Event) -> None:
 
     def worker(seed: int) -> None:
         rng = random.Random(seed)
-        client = openai.OpenAI(api_key="sk-demo-not-a-real-key", base_url=tap_url + "/v1", max_retries=0)
-        while not stop.is_set():
-            with lock:
-                state["sent"] += 1
-                ahead = state["sent"] / rate - (time.monotonic() - start)
-            if ahead > 0 and stop.wait(ahead):
-                return
-            row = rng.choice(rows)
-            try:
-                _one(client, row, rng)
-            except openai.OpenAIError as exc:
-                print(f"request through the tap failed: {type(exc).__name__}", flush=True)
-                stop.wait(1.0)
+        with openai.OpenAI(api_key="sk-demo-not-a-real-key", base_url=tap_url + "/v1", max_retries=0) as client:
+            while not stop.is_set():
+                with lock:
+                    state["sent"] += 1
+                    ahead = state["sent"] / rate - (time.monotonic() - start)
+                if ahead > 0 and stop.wait(ahead):
+                    return
+                row = rng.choice(rows)
+                try:
+                    _one(client, row, rng)
+                except openai.OpenAIError as exc:
+                    print(f"request through the tap failed: {type(exc).__name__}", flush=True)
+                    stop.wait(1.0)
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(WORKERS)]
     for t in threads:

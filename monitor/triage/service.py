@@ -11,7 +11,7 @@ topics and merges them, so every pod answers alike. With ``FRAMEWATCH_TRIAGE_SHA
 is merged in process (one replica's view).
 
 Admin endpoints (POST/DELETE that change the registry) need ``Authorization: Bearer <FRAMEWATCH_ADMIN_TOKEN>``
-(compared in constant time): 401 without credentials, 403 with a wrong token. With no token configured they
+(compared in constant time): 401 without credentials or with a wrong token. With no token configured they
 are **disabled and answer 403** with a message saying how to enable them. An edit is planned against the
 effective registry and validated, then published to the registry topic (monitor.triage.registry_topic),
 which every replica applies; the call waits for this replica's consume loop to have reloaded it. Without a
@@ -20,6 +20,7 @@ registry topic the registry file is edited instead (monitor.triage.registry_edit
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import os
 import re
@@ -63,8 +64,8 @@ RELOAD_WAIT_S = 10.0
 REGISTRY_CATCH_UP_S = 10.0
 CANDIDATE_ID = re.compile(r"cand_[0-9a-f]{1,32}")  # always fullmatch
 ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"description": "no credentials: send Authorization: Bearer <FRAMEWATCH_ADMIN_TOKEN>"},
-    403: {"description": "wrong token, or admin endpoints disabled (FRAMEWATCH_ADMIN_TOKEN not set)"},
+    401: {"description": "no credentials or a wrong token: send Authorization: Bearer <FRAMEWATCH_ADMIN_TOKEN>"},
+    403: {"description": "admin endpoints disabled (FRAMEWATCH_ADMIN_TOKEN not set)"},
     404: {"description": "no such cluster or candidate"},
     409: {"description": "conflict: the id exists, or (file edits) the registry is the packaged default or not "
                          "writable"},
@@ -125,7 +126,7 @@ class Triage:
         stop = threading.Event()
         flagged = flagged or FlaggedPublisher(
             settings.flagged_topic,
-            lambda: KafkaProducer(**common, acks="all", linger_ms=5, retries=5, max_block_ms=10000,
+            lambda: KafkaProducer(**common, acks="all", linger_ms=5, retries=5, max_block_ms=5000,
                                   max_request_size=settings.kafka_max_request_size))
         config = EmergingConfig(max_candidates=settings.emerging_max_candidates,
                                 join_threshold=settings.emerging_join_threshold,
@@ -261,13 +262,18 @@ class Triage:
         self.view.set_promoted([c.source for c in registry.clusters])
 
     def close(self) -> None:
+        """Stop the followers and close every client this triage opened (the sidecar calls it on shutdown,
+        after the consume loop ended: nothing is left for the garbage collector to close)."""
         self.stop.set()
         for f in self.followers:
             f.close(timeout=2)
+        self.publisher.close()
         if self.evidence is not None:
             self.evidence.close()
         if self._registry_producer is not None:
-            self._registry_producer.close(timeout=2)
+            with contextlib.suppress(Exception):
+                self._registry_producer.close(timeout=2)
+            self._registry_producer = None
 
     # -- admin helpers -------------------------------------------------------------------------------
 
@@ -353,7 +359,7 @@ class Triage:
             raise HTTPException(401, "missing credentials: send 'Authorization: Bearer <FRAMEWATCH_ADMIN_TOKEN>'",
                                 headers={"WWW-Authenticate": "Bearer"})
         if not self._is_admin(creds):
-            raise HTTPException(403, "wrong admin token")
+            raise HTTPException(401, "wrong admin token", headers={"WWW-Authenticate": "Bearer"})
         return rt.identity(token)
 
     # -- HTTP ----------------------------------------------------------------------------------------

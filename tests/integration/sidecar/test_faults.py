@@ -320,7 +320,7 @@ BIG = 200 * 1024 * 1024
 @pytest.mark.parametrize(("name", "path", "chunked", "token", "expect"), [
     ("admin_no_token_content_length", "/v1/clusters", False, None, 401),
     ("admin_no_token_chunked", "/v1/clusters", True, None, 401),
-    ("admin_wrong_token_chunked", "/v1/candidates/cand_1/promote", True, "wrong", 403),
+    ("admin_wrong_token_chunked", "/v1/candidates/cand_1/promote", True, "wrong", 401),
     ("admin_with_token_chunked", "/v1/clusters", True, ADMIN_TOKEN, 413),
     ("admin_with_token_content_length", "/v1/clusters", False, ADMIN_TOKEN, 413),
     ("non_admin_content_length", "/v1/status", False, None, 413),
@@ -529,8 +529,7 @@ def test_poison_pill_and_refused_dead_letter_in_process() -> None:
         finally:
             sc.consumer.stop()
             thread.join(timeout=GRACE_S)
-            assert sc.triage is not None
-            sc.triage.publisher.close()
+            sc.close_triage()
         assert not thread.is_alive()
         letters = {dict(r.headers)["framewatch.source"].decode(): r for r in read_all(broker.bootstrap, dlq, 3)}
         assert len(letters) == 3

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from monitor._tansu import free_port
 from tests.harness import REPO, wait_for
@@ -27,6 +28,15 @@ def _get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
+def _end(proc: subprocess.Popen[bytes] | None) -> None:
+    """Kill a part that is still running and reap it (no zombie, no "still running" ResourceWarning)."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+
+
 @dataclass
 class UpstreamProcess:
     """``python -m monitor.tap.replay_upstream``: an OpenAI-compatible server answering replayed responses."""
@@ -34,16 +44,21 @@ class UpstreamProcess:
     log_path: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    _log: BinaryIO | None = field(default=None, init=False, repr=False)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> UpstreamProcess:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "monitor.tap.replay_upstream", "--port", str(self.port)],
                                      cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
-        wait_for(lambda: _get(self.url + "/health")[0] == 200, 30, "replay upstream /health")
+        try:
+            wait_for(lambda: _get(self.url + "/health")[0] == 200, 30, "replay upstream /health")
+        except BaseException:
+            self.stop()  # a fixture whose start fails never reaches its teardown: leave no process or file open
+            raise
         return self
 
     def stats(self) -> dict[str, int]:
@@ -52,10 +67,9 @@ class UpstreamProcess:
         return dict(json.loads(text))
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self._log.close()
+        _end(self.proc)
+        if self._log is not None:
+            self._log.close()
 
 
 @dataclass
@@ -70,6 +84,7 @@ class TapProcess:
     port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    _log: BinaryIO | None = field(default=None, init=False, repr=False)
 
     @property
     def url(self) -> str:
@@ -80,10 +95,14 @@ class TapProcess:
                "FRAMEWATCH_TAP_HOST": "127.0.0.1", "FRAMEWATCH_TAP_PORT": str(self.port),
                "FRAMEWATCH_TAP_METRICS_PORT": str(self.metrics_port), "FRAMEWATCH_TAP_UPSTREAM": self.upstream,
                **(self.extra_env or {})}
-        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "tap"], env=env, cwd=REPO,
                                      stdout=self._log, stderr=subprocess.STDOUT)
-        wait_for(lambda: _get(f"http://127.0.0.1:{self.metrics_port}/readyz")[0] == 200, 30, "tap /readyz")
+        try:
+            wait_for(lambda: _get(f"http://127.0.0.1:{self.metrics_port}/readyz")[0] == 200, 30, "tap /readyz")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def metric(self, name: str, labels: str | None = None) -> float:
@@ -108,7 +127,6 @@ class TapProcess:
         return self.proc.wait(timeout=timeout)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self._log.close()
+        _end(self.proc)
+        if self._log is not None:
+            self._log.close()

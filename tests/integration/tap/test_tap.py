@@ -108,8 +108,21 @@ def topic(broker: LocalBroker) -> Iterator[Topic]:
     t.consumer.close()
 
 
-def client(base: str, **kw: Any) -> openai.OpenAI:
-    return openai.OpenAI(api_key=API_KEY, base_url=base + "/v1", max_retries=0, **kw)
+_CLIENTS: dict[str, openai.OpenAI] = {}
+
+
+def client(base: str) -> openai.OpenAI:
+    """One ``openai`` client per base URL, as an application keeps one; closed when the module ends."""
+    if base not in _CLIENTS:
+        _CLIENTS[base] = openai.OpenAI(api_key=API_KEY, base_url=base + "/v1", max_retries=0)
+    return _CLIENTS[base]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _CLIENTS:
+        _CLIENTS.popitem()[1].close()  # their pooled sockets, not left to the garbage collector
 
 
 ROWS = replay.load_rows()
@@ -287,13 +300,12 @@ def test_client_disconnect_mid_stream(tap: TapProcess, upstream: UpstreamProcess
     counts the exchange as dropped, reason "incomplete"."""
     marker(tap, topic)
     incomplete, aborted = tap.dropped("incomplete"), upstream.stats()["aborted"]
-    stream = client(tap.url).chat.completions.create(
-        model="m", messages=[{"role": "user", "content": prompt()}], stream=True,
-        extra_body={"replay_chunk_delay_s": 0.05})
-    for i, _chunk in enumerate(stream):
-        if i == 3:
-            break
-    stream.close()
+    with client(tap.url).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": prompt()}], stream=True,
+            extra_body={"replay_chunk_delay_s": 0.05}) as stream:
+        for i, _chunk in enumerate(stream):
+            if i == 3:
+                break  # leaving the block closes the response: the client hangs up mid-stream
     wait_for(lambda: tap.dropped("incomplete") == incomplete + 1, 10, "the disconnect counted as incomplete")
     wait_for(lambda: upstream.stats()["aborted"] == aborted + 1, 10, "the upstream to see the stream abandoned")
     assert marker(tap, topic) == []

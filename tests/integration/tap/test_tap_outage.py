@@ -42,13 +42,14 @@ def ask(c: openai.OpenAI, rng: random.Random, stream: bool) -> tuple[str, str]:
 def test_broker_outage_never_fails_a_request(upstream: UpstreamProcess, tmp_path: Path) -> None:
     port = free_port()
     broker = LocalBroker(port=port, log_path=tmp_path / "broker.log").start()
-    broker.create_topics({TOPIC: 1})
     tap = TapProcess(broker.bootstrap, upstream.url, tmp_path / "tap.log",
-                     extra_env={"FRAMEWATCH_TAP_QUEUE_SIZE": "4", "FRAMEWATCH_TAP_PUBLISH_TIMEOUT_MS": "3000"}).start()
+                     extra_env={"FRAMEWATCH_TAP_QUEUE_SIZE": "4", "FRAMEWATCH_TAP_PUBLISH_TIMEOUT_MS": "3000"})
     rng = random.Random(7)
     c = openai.OpenAI(api_key="sk-outage", base_url=tap.url + "/v1", max_retries=0)
     direct = openai.OpenAI(api_key="sk-outage", base_url=upstream.url + "/v1", max_retries=0)
     try:
+        broker.create_topics({TOPIC: 1})
+        tap.start()
         before = [ask(c, rng, stream=i % 2 == 1)[0] for i in range(4)]
         wait_for(lambda: tap.metric("framewatch_tap_events_published_total") == 4, 30, "events before the outage")
 
@@ -80,6 +81,8 @@ def test_broker_outage_never_fails_a_request(upstream: UpstreamProcess, tmp_path
         assert not set(before) & ids, "the new broker is empty: nothing from before the outage"
         assert tap.proc is not None and tap.proc.poll() is None
         assert tap.terminate() == 0
-    finally:
+    finally:  # everything this test started or opened, even when it failed half-way
+        c.close()
+        direct.close()
         tap.stop()
         broker.stop()

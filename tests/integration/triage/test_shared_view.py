@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -28,6 +29,7 @@ from tests.harness import SidecarProcess, committed_offsets, end_offsets, produc
 from tests.test_triage import (
     ADMIN_TOKEN,
     PIRATE,
+    at_least,
     event,
     http,
     load_pools,
@@ -105,6 +107,10 @@ def incident_ids(s: SidecarProcess, query: str = "") -> list[str]:
     return [i["event_id"] for i in body["incidents"]]
 
 
+def incident_count(s: SidecarProcess) -> int:
+    return len(incident_ids(s))
+
+
 def partitions_processed(s: SidecarProcess) -> set[int]:
     return {int(str(e["kafka"]).split(":")[1]) for e in s.log_events("event_flagged")}
 
@@ -128,8 +134,8 @@ def test_two_replicas_share_incidents_candidates_and_rates(world: dict[str, Any]
         produce(broker.bootstrap, TOPIC, events[-2:] if wave == 1 else events[-50:])
         produced = len(events)
         for r in (s, a, b):
-            wait_for(lambda r=r, n=produced: merged(r) >= n, 60, f"{r.log_path.name}: wave {wave} merged")
-        wait_for(lambda n=produced: merged(la) + merged(lb) >= n, 60, f"wave {wave} merged by the local pods")
+            wait_for(at_least(partial(merged, r), produced), 60, f"{r.log_path.name}: wave {wave} merged")
+        wait_for(at_least(lambda: merged(la) + merged(lb), produced), 60, f"wave {wave} merged by the local pods")
         for r in (s, a, b, la, lb):
             if r.log_path.name not in needed and http(r, "GET", "/v1/candidates")[1]["candidates"]:
                 needed[r.log_path.name] = produced
@@ -161,7 +167,7 @@ def test_two_replicas_share_incidents_candidates_and_rates(world: dict[str, Any]
 
     # Incidents from both replicas in one answer, and two consecutive requests (to either pod) agree.
     for r in (a, b):
-        wait_for(lambda r=r: len(incident_ids(r)) >= len(failing), 30, "every incident in the view")
+        wait_for(at_least(partial(incident_count, r), len(failing)), 30, "every incident in the view")
     first, second, third = incident_ids(a), incident_ids(b), incident_ids(a)
     assert set(first) == failing and first == second == third
     assert partitions_processed(a) and partitions_processed(b)
@@ -170,12 +176,15 @@ def test_two_replicas_share_incidents_candidates_and_rates(world: dict[str, Any]
     seen_partitions = {i["kafka"]["partition"] for i in body["incidents"]}
     assert owned_a <= seen_partitions and owned_b <= seen_partitions  # pod b shows pod a's incidents too
     records = read_all(broker.bootstrap, "pair.evidence", 10**9, timeout=4)  # everything written so far
-    size = sum(len(r.value) for r in records)
+    size = sum(len(cast(Any, r).value) for r in records)
     print(f"evidence topic: {len(records)} records, {size} bytes for {total} events ({size / total:.0f} B/event, "
           f"{len(failing)} failing)")
     clusters = [http(r, "GET", "/v1/clusters")[1] for r in (a, b, a)]
     assert clusters[0]["untriggered"] == clusters[1]["untriggered"] == clusters[2]["untriggered"]
     assert clusters[0]["untriggered"]["1h"]["events"] == total
+    statuses = [http(r, "GET", "/v1/status")[1] for r in (a, b)]  # the sidecar's status view is shared too
+    assert statuses[0]["replica_local"] is False and statuses[0]["windows"] == statuses[1]["windows"]
+    assert statuses[0]["windows"]["1h"]["untriggered"] == clusters[0]["untriggered"]["1h"]
 
 
 def test_promotion_through_one_pod_changes_verdicts_on_the_other(world: dict[str, Any]) -> None:

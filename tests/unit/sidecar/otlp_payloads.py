@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -39,7 +40,7 @@ class Exchange:
     response_id: str = "chatcmpl-1"
 
 
-def _record(build: callable) -> list[ReadableSpan]:  # type: ignore[valid-type]
+def _record(build: Callable[[Any], None]) -> list[ReadableSpan]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": "chat-api"}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
