@@ -27,6 +27,8 @@ BENCHES: dict[str, tuple[str, list[str]]] = {
     "framing": ("bench_framing.py", ["--runs", "1", "--baseline-n", "100"]),
     "otlp": ("bench_otlp.py", ["--events", "1000", "--runs", "1"]),
     "e2e": ("bench_e2e.py", ["--events", "1500", "--runs", "1", "--baseline-events", "100"]),
+    "tap": ("bench_tap.py", ["--requests", "200", "--stream-requests", "60", "--rounds", "1"]),
+    "shared_triage": ("bench_shared_triage.py", ["--part", "latency", "--runs", "1"]),
 }
 
 

@@ -1,9 +1,9 @@
-"""In-memory sliding windows of events and failures per (cluster, framing), for ``/v1/status``.
+"""In-memory sliding windows of events and failures per (cluster, framing): the ``/v1/status`` rates.
 
-This is the only state a replica keeps. It is per replica by design: Prometheus aggregates replicas for
-alerting; ``/v1/status`` answers "what does *this* replica see right now" with intervals, so an operator can
-read the containment gap without writing PromQL. Memory is bounded: keys come from the registry
-(clusters x framings), buckets from the window length.
+Every replica counts its own events here. With the shared triage view on (the default), ``/v1/status``
+answers from the windows merged over every replica's evidence stream (monitor.triage, docs/triage.md), so
+the answer does not depend on which pod serves it; with it off, from this replica's windows only. Memory is
+bounded: keys come from the registry (clusters x framings), buckets from the window length.
 """
 
 from __future__ import annotations
