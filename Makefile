@@ -31,6 +31,7 @@ system-deps:
 
 test: setup model system-deps
 	$(BIN)/ruff check .
+	$(BIN)/mypy monitor
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
 lint: setup

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 
@@ -424,7 +424,15 @@ def _single_threaded_blas() -> Any:
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
-def detector_options(settings: Settings) -> dict[str, int]:
+class DetectorOptions(TypedDict):
+    """The detector's keyword options that come from settings (``detector_options``)."""
+
+    verdict_cache_size: int
+    user_budget: int
+    system_budget: int
+
+
+def detector_options(settings: Settings) -> DetectorOptions:
     """The detector's keyword options from the one settings object (cache size and compute budget)."""
     return {"verdict_cache_size": settings.framing_cache_size, "user_budget": settings.framing_user_segment_budget,
             "system_budget": settings.framing_system_segment_budget}

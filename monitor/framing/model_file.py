@@ -104,11 +104,12 @@ def write_model(path: Path, model: FramingModel) -> None:
     arrays["spelling/words"] = np.array(words, dtype=str)
     arrays["spelling/counts"] = np.array([model.lexicon[w] for w in words], dtype=np.int64)
     if model.lexical is not None:
-        arrays.update({"lexical/kind": np.array(LEXICAL_KIND), "lexical/dim": np.int64(model.lexical.dim),
-                       "lexical/scale": np.float32(model.lexical.scale)})
+        arrays.update({"lexical/kind": np.array(LEXICAL_KIND), "lexical/dim": np.array(model.lexical.dim, np.int64),
+                       "lexical/scale": np.array(model.lexical.scale, np.float32)})
     for cid, m in model.models.items():
-        arrays.update({f"{cid}/w": m.weights, f"{cid}/b": np.float32(m.bias), f"{cid}/sw": m.static_weights,
-                       f"{cid}/sb": np.float32(m.static_bias), f"{cid}/st": np.float32(m.static_threshold)})
+        arrays.update({f"{cid}/w": m.weights, f"{cid}/b": np.array(m.bias, np.float32), f"{cid}/sw": m.static_weights,
+                       f"{cid}/sb": np.array(m.static_bias, np.float32),
+                       f"{cid}/st": np.array(m.static_threshold, np.float32)})
         if m.lexical_weights is not None:
             arrays[f"{cid}/lw"] = m.lexical_weights
         if m.position_bias is not None:

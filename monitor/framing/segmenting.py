@@ -14,6 +14,7 @@ is bounded in length.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -299,5 +300,5 @@ def _bound(text: str, limit: int = MAX_SEGMENT_CHARS) -> str:
     return text[: cut if cut > limit // 2 else limit]
 
 
-def _dedupe(items: object) -> list[str]:
-    return list(dict.fromkeys(items))  # type: ignore[arg-type]
+def _dedupe(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))

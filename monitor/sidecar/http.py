@@ -173,7 +173,7 @@ def create_app(metrics: Metrics, state: ConsumerState, windows: SlidingCounts,
     the evidence topic, monitor.triage.view), so ``/v1/status`` answers alike on every pod."""
     app = FastAPI(title="Framewatch", version=__version__,
                   description="Trigger-framing monitor for LLM traffic: metrics, probes and status.")
-    app.add_middleware(BoundedInput, max_body_bytes=max_body_bytes, admin_token=admin_token)  # type: ignore[arg-type]
+    app.add_middleware(BoundedInput, max_body_bytes=max_body_bytes, admin_token=admin_token)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics_endpoint(request: Request) -> Response:
