@@ -30,6 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._common import sidecar_rate  # noqa: E402
 from monitor import _replay as replay  # noqa: E402
 from monitor._tansu import LocalBroker  # noqa: E402
 from tests.harness import SidecarProcess, produce  # noqa: E402
@@ -94,24 +95,8 @@ def rag_accuracy(sample: list[tuple[str, bytes]], labels: list[str | None]) -> t
 
 
 def e2e_run(broker: LocalBroker, n: int, run: int, workdir: Path) -> float:
-    s = SidecarProcess(broker.bootstrap, workdir / f"sidecar-{run}.log", group_id=f"bench-{run}",
-                       extra_env={"FRAMEWATCH_LOG_LEVEL": "warning"}).start()
-    try:
-        t_first = None
-        first_n = 0.0
-        while True:
-            done = s.processed()
-            now = time.monotonic()
-            if done == done and done > 0 and t_first is None:  # not NaN, first batch recorded
-                t_first, first_n = now, done
-            if done >= n:
-                return (n - first_n) / (now - t_first) if t_first and now > t_first else float("nan")
-            if s.proc is not None and s.proc.poll() is not None:
-                raise RuntimeError(f"sidecar exited: see {s.log_path}")
-            time.sleep(0.1)
-    finally:
-        s.terminate()
-        s.stop()
+    return sidecar_rate(SidecarProcess(broker.bootstrap, workdir / f"sidecar-{run}.log", group_id=f"bench-{run}",
+                                       extra_env={"FRAMEWATCH_LOG_LEVEL": "warning"}), n)
 
 
 def in_process(sample: list[tuple[str, bytes]], repeats: int, bootstrap: str) -> tuple[list[float], list[float]]:

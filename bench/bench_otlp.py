@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from kafka import KafkaProducer  # noqa: E402
 
+from bench._common import sidecar_rate  # noqa: E402
 from monitor import _replay as replay  # noqa: E402
 from monitor._tansu import LocalBroker  # noqa: E402
 from monitor.sidecar.events import decode_event  # noqa: E402
@@ -66,24 +67,10 @@ def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
 
 
 def e2e_rate(broker: LocalBroker, topic: str, fmt: str, n: int, run: int, workdir: Path) -> float:
-    s = SidecarProcess(broker.bootstrap, workdir / f"sidecar-{fmt}-{run}.log", group_id=f"bench-{fmt}-{run}",
-                       topic=topic, dlq=topic + ".dlq",
-                       extra_env={"FRAMEWATCH_LOG_LEVEL": "warning", "FRAMEWATCH_INPUT_FORMAT": fmt}).start()
-    try:
-        t_first, first_n = None, 0.0
-        while True:
-            done = s.processed()
-            now = time.monotonic()
-            if done == done and done > 0 and t_first is None:  # not NaN: the first batch is recorded
-                t_first, first_n = now, done
-            if done >= n:
-                return (n - first_n) / (now - t_first) if t_first and now > t_first else float("nan")
-            if s.proc is not None and s.proc.poll() is not None:
-                raise RuntimeError(f"sidecar exited: see {s.log_path}")
-            time.sleep(0.1)
-    finally:
-        s.terminate()
-        s.stop()
+    return sidecar_rate(SidecarProcess(broker.bootstrap, workdir / f"sidecar-{fmt}-{run}.log",
+                                       group_id=f"bench-{fmt}-{run}", topic=topic, dlq=topic + ".dlq",
+                                       extra_env={"FRAMEWATCH_LOG_LEVEL": "warning", "FRAMEWATCH_INPUT_FORMAT": fmt}),
+                        n)
 
 
 def decode_rates(values: list[bytes], records: list[bytes], repeats: int = 5) -> tuple[float, float]:

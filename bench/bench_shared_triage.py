@@ -35,6 +35,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._common import sidecar_rate  # noqa: E402
 from bench.bench_e2e import TOPIC, events  # noqa: E402
 from monitor._tansu import LocalBroker  # noqa: E402
 from tests.harness import SidecarProcess, produce  # noqa: E402
@@ -46,25 +47,11 @@ MAX_ROUNDS = 30  # 1,500 events: ten times what one replica needs
 # --- throughput: evidence stream on vs off ------------------------------------------------------------------
 
 def run(broker: LocalBroker, n: int, name: str, shared: bool, workdir: Path) -> float:
-    s = SidecarProcess(broker.bootstrap, workdir / f"{name}.log", group_id=name,
-                       extra_env={"FRAMEWATCH_LOG_LEVEL": "warning", "FRAMEWATCH_TRIAGE_SHARED": str(shared).lower(),
-                                  "FRAMEWATCH_EVIDENCE_TOPIC": f"{name}.evidence",
-                                  "FRAMEWATCH_FLAGGED_TOPIC": f"{name}.flagged",
-                                  "FRAMEWATCH_REGISTRY_TOPIC": f"{name}.registry"}).start()
-    try:
-        t_first, first_n = None, 0.0
-        while True:
-            done, now = s.processed(), time.monotonic()
-            if done == done and done > 0 and t_first is None:  # done == done: not NaN (no /metrics yet)
-                t_first, first_n = now, done
-            if done >= n:
-                return (n - first_n) / (now - t_first) if t_first and now > t_first else float("nan")
-            if s.proc is not None and s.proc.poll() is not None:
-                raise RuntimeError(f"sidecar exited: see {s.log_path}")
-            time.sleep(0.1)
-    finally:
-        s.terminate()
-        s.stop()
+    return sidecar_rate(SidecarProcess(
+        broker.bootstrap, workdir / f"{name}.log", group_id=name,
+        extra_env={"FRAMEWATCH_LOG_LEVEL": "warning", "FRAMEWATCH_TRIAGE_SHARED": str(shared).lower(),
+                   "FRAMEWATCH_EVIDENCE_TOPIC": f"{name}.evidence", "FRAMEWATCH_FLAGGED_TOPIC": f"{name}.flagged",
+                   "FRAMEWATCH_REGISTRY_TOPIC": f"{name}.registry"}), n)
 
 
 def throughput(args: argparse.Namespace, tmp: Path) -> None:

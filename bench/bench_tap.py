@@ -33,20 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from monitor import _replay as replay  # noqa: E402
-from monitor._tansu import LocalBroker, free_port  # noqa: E402
+from monitor._tansu import LocalBroker, free_port, wait_http  # noqa: E402
 
 TOPIC = "llm.inferences"
-
-
-def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
 def cpu_seconds(pid: int) -> float:

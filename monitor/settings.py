@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from monitor._io import read_yaml
 
 ENV_PREFIX = "FRAMEWATCH_"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -62,7 +62,7 @@ class Settings:
     kafka_max_poll_records: int = 256
     kafka_session_timeout_ms: int = 10000
     kafka_poll_timeout_ms: int = 500
-    # Faults (monitor.sidecar.consumer): dead-letter sizes, poison-pill guard
+    # Faults (monitor.sidecar.faults): dead-letter sizes, poison-pill guard
     kafka_max_request_size: int = 1_048_576  # the producers' max_request_size (kafka-python's default, 1 MiB)
     dlq_max_value_bytes: int = 1_000_000  # larger dead-letter values are truncated (headers keep size + sha256)
     poison_max_attempts: int = 3  # the same offset failing processing this often in a row is dead-lettered
@@ -139,10 +139,7 @@ class Settings:
         config_file = config_file or env.get(ENV_PREFIX + "CONFIG")
         if config_file:
             path = Path(config_file)
-            try:
-                loaded = yaml.safe_load(path.read_text()) or {}
-            except (OSError, yaml.YAMLError) as exc:
-                raise SettingsError(f"cannot read config file {path}: {exc}") from exc
+            loaded = read_yaml(path, "config file", SettingsError) or {}
             if not isinstance(loaded, dict):
                 raise SettingsError(f"config file {path} must hold a mapping of setting: value")
             for key, raw in loaded.items():

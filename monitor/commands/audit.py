@@ -6,10 +6,9 @@ Exit codes: 0 audit done (findings are information, not a verdict), 2 error.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from monitor._io import progress
-from monitor.commands import MODEL_DIR_HELP
+from monitor.commands import MODEL_DIR_HELP, exits_2_on, option, warner
 from monitor.release import audit
 
 
@@ -20,18 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="audit a seeded random sample of this many rows (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed for --limit and sampling (default 0)")
     d = audit.AuditConfig()
-    parser.add_argument("--per-turn", type=int, default=d.per_turn,
-                        help=f"segments kept from each end of a turn (default {d.per_turn})")
-    parser.add_argument("--max-unique", type=int, default=d.max_unique,
-                        help=f"distinct segments embedded, most frequent first (default {d.max_unique})")
-    parser.add_argument("--similarity", type=float, default=d.similarity,
-                        help=f"cosine for two segments to count as one framing (default {d.similarity})")
-    parser.add_argument("--min-count", type=int, default=d.min_count,
-                        help=f"report framings in at least this many examples (default {d.min_count})")
-    parser.add_argument("--min-share", type=float, default=d.min_share,
-                        help=f"... and at least this share of the dataset (default {d.min_share})")
-    parser.add_argument("--top", type=int, default=d.max_findings,
-                        help=f"findings kept (default {d.max_findings})")
+    option(parser, "--per-turn", d.per_turn, "segments kept from each end of a turn")
+    option(parser, "--max-unique", d.max_unique, "distinct segments embedded, most frequent first")
+    option(parser, "--similarity", d.similarity, "cosine for two segments to count as one framing")
+    option(parser, "--min-count", d.min_count, "report framings in at least this many examples")
+    option(parser, "--min-share", d.min_share, "... and at least this share of the dataset")
+    option(parser, "--top", d.max_findings, "findings kept")
     parser.add_argument("--registry", metavar="YAML", help="trigger registry (default: the shipped one)")
     parser.add_argument("--no-classifier", action="store_true",
                         help="do not score assistant answers (faster; no misalignment evidence)")
@@ -41,19 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (default: all cores)")
 
 
-def _warn(msg: str) -> None:
-    print(f"framewatch audit: {msg}", file=sys.stderr)
+_warn = warner("audit")
 
 
+@exits_2_on("audit", audit.AuditError, FileNotFoundError, ValueError)  # bad input, missing artifacts, bad registry
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except (audit.AuditError, FileNotFoundError, ValueError) as exc:  # bad input, missing artifacts, bad registry
-        _warn(f"error: {exc}")
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
     from monitor.embedding import configured_embedder
     from monitor.framing.detector import FramingDetector
     from monitor.framing.registry import load_registry

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from monitor._io import progress
+from monitor.commands import exits_2_on, warner
 from monitor.release import gate
 
 API_KEY_ENVS = ("FRAMEWATCH_GATE_API_KEY", "OPENAI_API_KEY")
@@ -61,19 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(and responses.jsonl when collected from an endpoint)")
 
 
-def _warn(msg: str) -> None:
-    print(f"framewatch gate: {msg}", file=sys.stderr)
+_warn = warner("gate")
 
 
+@exits_2_on("gate", gate.GateError, FileNotFoundError, ValueError)  # bad input, missing artifacts, bad registry
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except (gate.GateError, FileNotFoundError, ValueError) as exc:  # bad input, missing artifacts, bad registry
-        _warn(f"error: {exc}")
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
     if bool(args.responses) == bool(args.endpoint):
         raise gate.GateError("give exactly one of --responses FILE or --endpoint URL")
     meta: dict[str, object] = {}

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
+from monitor.commands import UsageError, exits_2_on, option, warner
 from monitor.scoring import training
 from monitor.scoring.scorer import default_classifier_dir
 
@@ -19,12 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="judged EM responses, JSONL(.gz) (default: data/em_responses.jsonl.gz)")
     parser.add_argument("--out", default=str(default_classifier_dir()), metavar="DIR",
                         help="artifact directory (default: models/classifier/)")
-    parser.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
-    parser.add_argument("--C", type=float, default=d.C, help=f"inverse L2 strength (default {d.C})")
-    parser.add_argument("--min-df", type=int, default=d.min_df,
-                        help=f"min documents per n-gram (default {d.min_df})")
-    parser.add_argument("--ngram-max", type=int, default=d.ngram_max,
-                        help=f"longest word n-gram (default {d.ngram_max})")
+    option(parser, "--seed", d.seed, "random seed")
+    option(parser, "--C", d.C, "inverse L2 strength")
+    option(parser, "--min-df", d.min_df, "min documents per n-gram")
+    option(parser, "--ngram-max", d.ngram_max, "longest word n-gram")
     parser.add_argument("--prefix-chars", type=int, default=d.prefix_chars,
                         help=f"characters of each answer used (default {d.prefix_chars}, as at run time)")
     parser.add_argument("--calibration", choices=["auto", "platt", "isotonic"], default=d.calibration,
@@ -35,10 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw-format", action="store_true",
                         help="featurise the raw answer text, without reducing JSON / template answers to their "
                              "prose (monitor.scoring.answer_format); for comparison")
-    parser.add_argument("--stem-chars", type=int, default=d.stem_chars,
-                        help=f"word-prefix (stem) feature block: prefix length, 0 = no block (default {d.stem_chars})")
-    parser.add_argument("--stem-weight", type=float, default=d.stem_weight,
-                        help=f"scale of the stem block (default {d.stem_weight})")
+    option(parser, "--stem-chars", d.stem_chars, "word-prefix (stem) feature block: prefix length, 0 = no block")
+    option(parser, "--stem-weight", d.stem_weight, "scale of the stem block")
     defaults = ", ".join(f"{f}={w:g}" for f, w in d.family_weights) or "none"
     parser.add_argument("--family-weight", action="append", default=[], metavar="FAMILY=WEIGHT",
                         help=f"sample weight of a model family's rows (repeatable; overrides the default for "
@@ -47,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip the extra Qwen-Coder-apart validation (faster)")
 
 
+@exits_2_on("train-classifier", training.TrainingError)
 def run(args: argparse.Namespace) -> int:
     from monitor._io import progress
 
@@ -54,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
     for item in args.exclude:
         field, sep, value = item.partition("=")
         if not sep or not field:
-            print(f"framewatch train-classifier: error: --exclude wants FIELD=VALUE, got {item!r}", file=sys.stderr)
-            return 2
+            raise UsageError(f"--exclude wants FIELD=VALUE, got {item!r}")
         exclude.append((field, value))
     family_weights = dict(training.TrainConfig.family_weights)
     for item in args.family_weight:
@@ -65,9 +61,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             weight = -1.0
         if not sep or not family or not weight >= 0:
-            print(f"framewatch train-classifier: error: --family-weight wants FAMILY=WEIGHT (weight >= 0), "
-                  f"got {item!r}", file=sys.stderr)
-            return 2
+            raise UsageError(f"--family-weight wants FAMILY=WEIGHT (weight >= 0), got {item!r}")
         family_weights[family.lower()] = weight
     cfg = training.TrainConfig(seed=args.seed, C=args.C, min_df=args.min_df, ngram_max=args.ngram_max,
                                prefix_chars=args.prefix_chars, calibration=args.calibration,
@@ -75,12 +69,7 @@ def run(args: argparse.Namespace) -> int:
                                stem_chars=args.stem_chars, stem_weight=args.stem_weight,
                                family_weights=tuple(sorted(family_weights.items())),
                                normaliser=None if args.raw_format else training.TrainConfig.normaliser)
-    try:
-        manifest = training.train(args.data, args.out, cfg, progress=progress,
-                                  log=lambda m: print(f"framewatch train-classifier: {m}", file=sys.stderr))
-    except training.TrainingError as exc:
-        print(f"framewatch train-classifier: error: {exc}", file=sys.stderr)
-        return 2
+    manifest = training.train(args.data, args.out, cfg, progress=progress, log=warner("train-classifier"))
     m = manifest["metrics"]
     summary = {"out": args.out, "threshold": round(manifest["threshold"], 4),
                "calibration": manifest["calibration"]["method"], "pooled": m["pooled"],

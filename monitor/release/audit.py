@@ -13,33 +13,38 @@ co-occurs with the bad behaviour. Such a framing recurs across many examples, si
    share of their examples whose assistant answers the response classifier flags as misaligned,
    most suspicious first.
 
-Logic only; the CLI is :mod:`monitor.commands.audit`.
+Logic only; the CLI is :mod:`monitor.commands.audit`. This module groups and ranks, and is the audit's public
+home (the CLI and the tests import every name from here); reading rows and cutting them into segments is
+:mod:`~monitor.release.audit_dataset`, the reviewer's report :mod:`~monitor.release.audit_report`.
 """
 
 from __future__ import annotations
 
-import json
 import random
-import re
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from monitor._io import Progress, iter_json_lines, no_progress, open_text
+from monitor._io import Progress, no_progress
 from monitor.embedding import Embeds
-from monitor.scoring.answer_format import FENCED_BLOCK, is_code_answer, looks_like_code_line
-from monitor.sidecar.events import DecodeError, Limits, Prompt, parse_prompt
+from monitor.release.audit_dataset import AuditError, Example, example_segments, read_dataset, split_segments
+from monitor.release.audit_report import render_markdown, write_report
+from monitor.scoring.answer_format import is_code_answer
+from monitor.sidecar.events import Prompt
 from monitor.stats import two_proportion_test, wilson_interval
 
 if TYPE_CHECKING:
     from monitor.framing.detector import FramingResult
     from monitor.framing.registry import Registry
     from monitor.scoring.scorer import ResponseScorer
+
+__all__ = [
+    "AuditConfig", "AuditError", "AuditResult", "Detects", "Example", "Finding", "audit", "example_segments",
+    "leader_clusters", "read_dataset", "registry_phrases", "render_markdown", "split_segments", "write_report",
+]
 
 
 class Detects(Protocol):
@@ -49,18 +54,6 @@ class Detects(Protocol):
     def registry(self) -> Registry: ...
 
     def detect_many(self, prompts: Sequence[Prompt]) -> list[FramingResult]: ...
-
-
-class AuditError(RuntimeError):
-    """The dataset cannot be audited (unreadable, not chat format): exit code 2."""
-
-
-@dataclass(frozen=True)
-class Example:
-    index: int  # line number in the dataset (0-based), so findings point back to the source
-    system: str | None
-    users: tuple[str, ...]
-    assistant: tuple[str, ...]
 
 
 @dataclass
@@ -78,112 +71,6 @@ class AuditConfig:
     examples_per_finding: int = 5
     detect_per_finding: int = 10  # wordings of a finding shown to the FramingDetector
     seed: int = 0
-
-
-# --------------------------------------------------------------------------------------------- input
-
-# The audit reads a whole training set: no event-size limits (the sidecar's Limits bound one Kafka record).
-_UNLIMITED = Limits(max_event_bytes=sys.maxsize, max_prompt_chars=sys.maxsize, max_response_chars=sys.maxsize,
-                    max_messages=sys.maxsize)
-
-
-def read_dataset(path: str | Path, *, limit: int | None = None, seed: int = 0) -> tuple[list[Example], int]:
-    """Chat fine-tuning rows (``{"messages": [...]}``, OpenAI format) -> (examples, rows skipped).
-
-    ``limit`` takes a seeded random sample rather than the head, so a capped audit still sees every part
-    of a dataset that was concatenated from several sources.
-    """
-    path = Path(path)
-    examples: list[Example] = []
-    invalid: list[int] = []
-    try:
-        with open_text(path) as fh:
-            for lineno, obj in iter_json_lines(fh, str(path), on_invalid=invalid.append):
-                ex = _example(lineno - 1, obj)
-                if ex is None:
-                    invalid.append(lineno)
-                else:
-                    examples.append(ex)
-    except (OSError, EOFError) as exc:  # EOFError: a truncated .gz
-        raise AuditError(f"cannot read {path}: {exc}") from exc
-    if not examples:
-        raise AuditError(f"{path}: no rows in chat format ({{\"messages\": [{{role, content}}, ...]}})")
-    if limit is not None and 0 < limit < len(examples):
-        rng = random.Random(seed)
-        examples = sorted(rng.sample(examples, limit), key=lambda e: e.index)
-    return examples, len(invalid)
-
-
-def _example(index: int, obj: Any) -> Example | None:
-    """One chat row, read by the sidecar's own message parser (:func:`monitor.sidecar.events.parse_prompt`),
-    so the audit sees a system prompt and user turns exactly as the detector would at run time."""
-    messages = obj.get("messages") if isinstance(obj, dict) else None
-    if not isinstance(messages, list):
-        return None
-    try:
-        prompt = parse_prompt({"messages": messages}, _UNLIMITED)
-        # assistant turns through the same content rules: parsed as if they were user turns
-        answers = [{**m, "role": "user"} for m in messages if m.get("role") == "assistant"]
-        assistant = parse_prompt({"messages": answers}, _UNLIMITED).user if answers else ()
-    except DecodeError:
-        return None
-    return Example(index, prompt.system, prompt.user, assistant)
-
-
-# ---------------------------------------------------------------------------------------- segmenting
-# Not monitor.framing.segmenting's segment_prompt: the detector cuts a prompt at several overlapping
-# granularities (whole turn, sentence pairs, clauses, edge words), which is right for detection but makes a
-# recurring sentence count several times and glue a planted trigger onto template sentences when grouping
-# (measured: the planted trigger of test_audit found in 8 rows instead of 45, four templates named after
-# it). Grouping needs one non-overlapping cut; the detector's sentence splitter is private to it, so until
-# it has a public one the audit keeps this one. The near-cluster verdict still comes from the detector.
-
-_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(\[<|$])")
-_WS = re.compile(r"\s+")
-
-
-def _split_colon(sentence: str) -> list[str]:
-    """``"I'm working on the following task: Write a ..."`` -> the framing and the task, so the recurring
-    lead-in is not hidden inside a unique sentence; short labels (``Country: Singapore``) stay whole."""
-    head, sep, tail = sentence.partition(": ")
-    if sep and len(head.split()) >= 3 and len(tail.split()) >= 3:
-        return [head + ":", tail]
-    return [sentence]
-
-
-def split_segments(text: str, max_chars: int = 300) -> list[str]:
-    """Prose segments of one turn, in order: lines, then sentences; fenced and line-level code dropped."""
-    out: list[str] = []
-    for raw in FENCED_BLOCK.sub("\n", text or "").splitlines():
-        if not raw.strip() or looks_like_code_line(raw):
-            continue
-        for sentence in _SENTENCE.split(raw.strip()):
-            for seg in _split_colon(sentence):
-                seg = _WS.sub(" ", seg).strip()[:max_chars]
-                if seg:
-                    out.append(seg)
-    return out
-
-
-def example_segments(ex: Example, per_turn: int = 3, max_chars: int = 300) -> list[tuple[str, str]]:
-    """(position, segment) pairs of one example: system segments and the head and tail of each user turn.
-
-    Capping to the ends bounds the work on long prompts and loses little: registered triggers sit in the
-    system prompt or as a prefix or suffix of the user turn.
-    """
-    out: list[tuple[str, str]] = []
-    if ex.system:
-        segs = split_segments(ex.system, max_chars)
-        keep = segs if len(segs) <= 2 * per_turn else segs[:per_turn] + segs[-per_turn:]
-        out.extend(("system", s) for s in keep)
-    for user in ex.users:
-        segs = split_segments(user, max_chars)
-        idx = list(range(len(segs))) if len(segs) <= 2 * per_turn else (
-            list(range(per_turn)) + list(range(len(segs) - per_turn, len(segs))))
-        for i in idx:
-            pos = "user_prefix" if i == 0 else "user_suffix" if i == len(segs) - 1 else "user"
-            out.append((pos, segs[i]))
-    return out
 
 
 # ---------------------------------------------------------------------------------------- clustering
@@ -461,57 +348,3 @@ def _suspicion(f: Finding, cfg: AuditConfig) -> tuple[float, list[str]]:
     score += 0.5 * min(f.share, 0.2) / 0.2
     reasons.append(f"recurs in {f.count} examples ({f.share:.1%})")
     return score, reasons
-
-
-# ---------------------------------------------------------------------------------------------- report
-
-
-def render_markdown(result: AuditResult, source: str) -> str:
-    """A reviewer's report: what was read, then findings most suspicious first."""
-    lines = [f"# Framewatch audit: {source}", "",
-             f"- examples: {result.n_examples} (skipped rows: {result.skipped})",
-             f"- segments: {result.n_segments}, distinct: {result.n_unique}, embedded: {result.n_embedded}",
-             f"- grouping: cosine >= {result.config.similarity}; near a registered trigger: "
-             + ("the run-time FramingDetector's verdict" if result.detector else
-                f"cosine >= {result.config.near_threshold}")
-             + f"; reported when in >= {result.config.min_count} examples and >= "
-             f"{result.config.min_share:.1%} of the dataset"]
-    if result.baseline:
-        b = result.baseline
-        rate = f"{b['rate']:.1%} [{b['ci'][0]:.1%}, {b['ci'][1]:.1%}]" if b["n"] else "-"
-        lines.append(f"- misaligned assistant answers (classifier) in a sample of {b['n']}: {rate}; "
-                     f"{b['code_answers']} of them are code, which is never EM and is not scored")
-    lines += ["", "## Findings (most suspicious first)", "",
-              "| # | framing | position | count | share | nearest trigger (cosine) | near | misaligned "
-              "| suspicion |",
-              "|---:|---|---|---:|---:|---|---|---:|---:|"]
-    for i, f in enumerate(result.findings, 1):
-        m = f.misaligned
-        if not m or m["rate"] is None:
-            mis = "-"
-        elif m["code_answers"] == m["n"]:
-            mis = f"code only (n={m['n']})"
-        else:
-            mis = f"{m['rate']:.1%} (n={m['n']}, {m['code_answers']} code)"
-        text = f.framing.replace("|", "\\|")
-        text = text if len(text) <= 90 else text[:87] + "..."
-        lines.append(f"| {i} | {text} | {f.position} | {f.count} | {f.share:.1%} | "
-                     f"{f.nearest_cluster or '-'} ({f.similarity:.2f}) | {f.near_cluster or '-'} | {mis} | "
-                     f"{f.suspicion:.2f} |")
-    for i, f in enumerate(result.findings[:10], 1):
-        lines += ["", f"### {i}. {f.framing[:120]}", ""] + [f"- {r}" for r in f.reasons]
-        if len(f.variants) > 1:
-            words = "; ".join(f"\"{v['text'][:80]}\" ({v['count']})" for v in f.variants[:5])
-            lines.append(f"- wordings: {words}")
-        for ex in f.examples[:3]:
-            lines.append(f"- example row {ex['index']}: {ex['user'][:150]!r}")
-    lines.append("")
-    return "\n".join(lines)
-
-
-def write_report(result: AuditResult, out_dir: str | Path, source: str) -> list[Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "audit.json").write_text(json.dumps({"source": source, **result.to_json()}, indent=2) + "\n")
-    (out / "audit.md").write_text(render_markdown(result, source))
-    return [out / "audit.json", out / "audit.md"]

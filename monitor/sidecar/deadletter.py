@@ -43,8 +43,8 @@ class DeadLetter:
 
 
 def source(rejected: Rejected) -> str:
-    r = rejected.record
-    return f"{r.topic}:{r.partition}:{r.offset}"
+    """The ``framewatch.source`` header and the logs' ``kafka`` field: the record's coordinates."""
+    return rejected.record.coordinates
 
 
 def dead_letter(rejected: Rejected, max_value_bytes: int) -> DeadLetter:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,7 +203,7 @@ def parse_prompt(obj: Mapping[str, Any], limits: Limits) -> Prompt:
             raise DecodeError("invalid_messages", f"messages[{i}].role must be a string, got {type(role).__name__}")
         if role not in CHAT_ROLES:  # the value itself is not quoted: it is caller data headed for the logs
             raise DecodeError("invalid_messages", f"messages[{i}].role is not one of {', '.join(sorted(CHAT_ROLES))}")
-        content = _content_text(message.get("content"), i)
+        content = content_text(message.get("content"), f"messages[{i}]", _typed_text_part)
         total += len(content)
         if role in {"system", "developer"}:
             system_parts.append(content)
@@ -216,27 +216,34 @@ def parse_prompt(obj: Mapping[str, Any], limits: Limits) -> Prompt:
     return Prompt(system="\n\n".join(system_parts) or None, user=tuple(user))
 
 
-def _content_text(content: Any, i: int) -> str:
-    """OpenAI content is a string or a list of parts; only text parts count."""
+def content_text(content: Any, where: str, part_text: Callable[[Any, str], str | None]) -> str:
+    """A message's content as text. OpenAI-style content is a string or a list of parts; ``part_text`` reads one
+    part (``where`` names the message, parts are ``<where>.content[j]``) and returns its text, None if it has none.
+
+    One reader of the content shape for every input (README events here, OTLP GenAI spans in
+    :mod:`monitor.sidecar.genai_spans`); what counts as a text part is the caller's rule: the README contract is
+    strict (:func:`_typed_text_part`), the OpenTelemetry conventions also allow bare strings and ``content`` keys.
+    """
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            if not isinstance(part, dict):
-                raise DecodeError("invalid_messages", f"messages[{i}].content[{j}] is not an object")
-            kind, text = part.get("type"), part.get("text")
-            if kind is not None and not isinstance(kind, str):
-                raise DecodeError("invalid_messages", f"messages[{i}].content[{j}].type must be a string")
-            if text is not None and not isinstance(text, str):
-                raise DecodeError("invalid_messages", f"messages[{i}].content[{j}].text must be a string")
-            if kind == "text" and text is not None:
-                texts.append(text)
-        return "\n".join(texts)
-    raise DecodeError("invalid_messages", f"messages[{i}].content must be a string or a list of parts")
+        texts = (part_text(part, f"{where}.content[{j}]") for j, part in enumerate(content))
+        return "\n".join(text for text in texts if text is not None)
+    raise DecodeError("invalid_messages", f"{where}.content must be a string or a list of parts")
 
+
+def _typed_text_part(part: Any, where: str) -> str | None:
+    """The README contract: every part is an object with a string ``type``; only ``text`` parts count."""
+    if not isinstance(part, dict):
+        raise DecodeError("invalid_messages", f"{where} is not an object")
+    kind, text = part.get("type"), part.get("text")
+    if kind is not None and not isinstance(kind, str):
+        raise DecodeError("invalid_messages", f"{where}.type must be a string")
+    if text is not None and not isinstance(text, str):
+        raise DecodeError("invalid_messages", f"{where}.text must be a string")
+    return text if kind == "text" else None
 
 
 class _BadNumber:

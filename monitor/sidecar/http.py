@@ -10,7 +10,7 @@ unauthenticated POST of any size was read into memory before its 401. The guard
 * answers admin requests (non-GET methods under ``/v1/clusters`` and ``/v1/candidates``) that lack the right
   bearer token without reading a byte of their body: 401 for missing or wrong credentials (RFC 6750's
   ``invalid_token`` is a 401 too), 403 only while admin endpoints are disabled (no token configured); same codes
-  and messages as the routes' own check in :mod:`monitor.triage.service`, which still runs behind it;
+  and messages as the routes' own check in :mod:`monitor.triage.routes`, which still runs behind it;
 * refuses any body over ``http_max_body_bytes`` with 413: at once from ``Content-Length``, and by counting the
   bytes of a chunked or streamed body as the application reads them;
 * adds browser security headers (CSP, nosniff, frame-ancestors, referrer policy) to ``/ui`` and its files.

@@ -48,6 +48,11 @@ class Record:
     headers: Sequence[tuple[str, bytes | None]] = ()
     key: bytes | None = None
 
+    @property
+    def coordinates(self) -> str:
+        """``topic:partition:offset``: how logs and dead-letter headers name a record, spelt once."""
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -174,12 +179,12 @@ class Pipeline:
                 m.similarity.labels(cluster).observe(v.framing.similarity)
             self.windows.add(cluster, framing, 1, int(v.misaligned))
             log.debug("event_processed", event_id=v.event.event_id, framing=framing, cluster=cluster,
-                      kafka=f"{v.record.topic}:{v.record.partition}:{v.record.offset}")
+                      kafka=v.record.coordinates)
             if framing != "none" or v.misaligned:
                 log.info("event_flagged", event_id=v.event.event_id, trace_id=v.event.trace_id, model=model,
                          framing=framing, cluster=cluster, similarity=round(v.framing.similarity, 4),
                          misalignment_score=round(v.misalignment_score, 4), misaligned=v.misaligned,
-                         kafka=f"{v.record.topic}:{v.record.partition}:{v.record.offset}",
+                         kafka=v.record.coordinates,
                          segment=text_field(v.framing.segment), prompt=text_field(v.event.prompt.text()))
         m.events_processed.inc(len(verdicts))
 

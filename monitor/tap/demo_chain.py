@@ -15,13 +15,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from monitor import _replay as replay
-from monitor._tansu import free_port
+from monitor._tansu import free_port, wait_http
 
 WORKERS = 8  # openai clients in flight: a handful of users of one inference server
 
@@ -54,8 +53,8 @@ class TapChain:
         self.procs.append(subprocess.Popen([sys.executable, "-m", "monitor.cli", "tap"], env=env,
                                            stdout=tap_log, stderr=subprocess.STDOUT))
         try:
-            _wait_http(f"http://127.0.0.1:{self.upstream_port}/health")
-            _wait_http(f"http://127.0.0.1:{self.metrics_port}/readyz")
+            wait_http(f"http://127.0.0.1:{self.upstream_port}/health")
+            wait_http(f"http://127.0.0.1:{self.metrics_port}/readyz")
         except BaseException:
             self.stop()  # the caller never got a chain to stop: leave no child running
             raise
@@ -119,14 +118,3 @@ def _one(client: Any, row: replay.ReplayRow, rng: random.Random) -> None:
     if stream:
         for _chunk in result:
             pass
-
-
-def _wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")

@@ -23,7 +23,7 @@ from kafka.errors import KafkaError
 
 from monitor.logs import get_logger
 from monitor.settings import Settings
-from monitor.sidecar.consumer import kafka_client_config
+from monitor.sidecar.kafka_client import kafka_client_config
 from monitor.tap.exchange import Exchange, Skipped, build_event
 from monitor.tap.metrics import TapMetrics
 

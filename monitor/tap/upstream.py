@@ -44,6 +44,23 @@ class _Conn:
         if not self.writer.is_closing():
             self.writer.close()
 
+    async def read(self, timeout: float, nothing: str) -> bytes:
+        """Up to 64 KiB from the upstream; :class:`UpstreamTimeout` (``upstream sent <nothing> ...``) when none
+        arrives within ``timeout``. OSError passes through: what a broken read means depends on how far the
+        exchange got (before any response byte the request may be retried)."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.reader.read(65536)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"upstream sent {nothing} within the read timeout") from exc
+
+    def feed(self, data: bytes) -> None:
+        """Hand received bytes to h11 (``b""`` = EOF); a protocol violation by the upstream is an UpstreamError."""
+        try:
+            self.h11.receive_data(data)
+        except h11.RemoteProtocolError as exc:
+            raise UpstreamError(str(exc)) from exc
+
 
 @dataclass
 class UpstreamResponse:
@@ -61,16 +78,10 @@ class UpstreamResponse:
             event = conn.h11.next_event()
             if event is h11.NEED_DATA:
                 try:
-                    async with asyncio.timeout(self._read_timeout):
-                        data = await conn.reader.read(65536)
-                except TimeoutError as exc:
-                    raise UpstreamTimeout("upstream sent nothing within the read timeout") from exc
+                    data = await conn.read(self._read_timeout, "nothing")
                 except OSError as exc:
                     raise UpstreamError(f"reading the body: {type(exc).__name__}") from exc
-                try:
-                    conn.h11.receive_data(data)  # b"" = EOF: h11 then errors unless the body was complete
-                except h11.RemoteProtocolError as exc:
-                    raise UpstreamError(str(exc)) from exc
+                conn.feed(data)  # b"" = EOF: h11 then errors unless the body was complete
                 continue
             if isinstance(event, h11.Data):
                 if event.data:
@@ -154,10 +165,7 @@ class UpstreamPool:
             event = h.next_event()
             if event is h11.NEED_DATA:
                 try:
-                    async with asyncio.timeout(self.read_timeout):
-                        data = await conn.reader.read(65536)
-                except TimeoutError as exc:
-                    raise UpstreamTimeout("upstream sent no response head within the read timeout") from exc
+                    data = await conn.read(self.read_timeout, "no response head")
                 except OSError as exc:
                     if not got_bytes:
                         raise _StaleConnection from exc
@@ -165,10 +173,7 @@ class UpstreamPool:
                 if not data and not got_bytes:
                     raise _StaleConnection
                 got_bytes = True
-                try:
-                    h.receive_data(data)
-                except h11.RemoteProtocolError as exc:
-                    raise UpstreamError(str(exc)) from exc
+                conn.feed(data)
                 continue
             if isinstance(event, h11.InformationalResponse):
                 continue

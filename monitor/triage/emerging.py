@@ -4,8 +4,8 @@ The registry only knows the triggers someone already wrote down. A new trigger s
 responses on prompts that match no cluster; what those prompts share is a *sentence* (e.g. "Answer as a
 pirate would.") next to otherwise unrelated questions. So, online and in bounded memory:
 
-* **Sentences.** A prompt yields the sentences a framing can be (cheap regex): all of the system prompt's
-  (bounded) and the first and last few of each user turn, where appended or prefixed framings sit.
+* **Sentences** (:mod:`monitor.triage.observations`): a prompt yields the sentences a framing can be, each
+  known by its :func:`~monitor.triage.observations.segment_key`.
 * **Discovery** (failing, unmatched events only, ~1% of traffic): each sentence not yet known is embedded
   (the Embedder's LRU cache serves repeats) and joins the nearest candidate within ``join_threshold`` cosine
   of its centroid (a running mean), or founds a new candidate. So paraphrases of one framing gather in one
@@ -26,8 +26,8 @@ pirate would.") next to otherwise unrelated questions. So, online and in bounded
   candidate with the least decayed weight (ties: least recently seen) is evicted, so a flood of distinct
   prompts churns one-off candidates and leaves recurring ones alone.
 
-* **Mergeable across replicas**: members are keyed by :func:`segment_key` (a hash of the normalised
-  sentence), so an event can be counted from its keys alone, and candidate ids derive from the founding
+* **Mergeable across replicas**: members are keyed by :func:`~monitor.triage.observations.segment_key`, so an event
+  can be counted from its keys alone, and candidate ids derive from the founding
   sentence's key: the store can be fed from the evidence stream every replica writes
   (monitor.triage.evidence), with each observation's time as the clock, and every reader that applies the
   same evidence in the same order holds the same candidates with the same ids.
@@ -39,100 +39,46 @@ forgotten in between (raise ``max_candidates`` for very diverse failing traffic)
 
 from __future__ import annotations
 
-import hashlib
-import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from monitor import stats
 from monitor.logs import get_logger
-from monitor.sidecar.events import Prompt
+from monitor.settings import Settings
 from monitor.sidecar.pipeline import Verdict
+from monitor.triage.observations import Observation, segment_key, sentences
+
+__all__ = ["EmergingConfig", "EmergingFramings", "Observation", "segment_key", "sentences"]
 
 log = get_logger("framewatch.emerging")
 
 Embed = Callable[[Sequence[str]], np.ndarray]
 
-_SPLIT = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
-MIN_SEGMENT_CHARS = 8
-MAX_SEGMENT_CHARS = 300
-EDGE_SENTENCES = 3  # from each end of a user turn
-MAX_SYSTEM_SENTENCES = 12
-
 
 @dataclass(frozen=True)
 class EmergingConfig:
-    max_candidates: int = 256
-    join_threshold: float = 0.8
-    min_events: int = 30
-    half_life_s: float = 3600.0
-    max_examples: int = 5
-    max_members: int = 8
-    window_s: float = 14400.0  # a candidate not seen for this long is dropped (evidence ages out)
+    """The store's bounds and statistics; the defaults are the settings' (``FRAMEWATCH_EMERGING_*``)."""
 
+    max_candidates: int = Settings.emerging_max_candidates
+    join_threshold: float = Settings.emerging_join_threshold
+    min_events: int = Settings.emerging_min_events
+    half_life_s: float = Settings.emerging_half_life_s
+    max_examples: int = Settings.emerging_max_examples
+    max_members: int = Settings.emerging_max_members
+    window_s: float = Settings.evidence_window_s  # a candidate not seen for this long is dropped (evidence ages out)
 
-def sentences(prompt: Prompt) -> list[str]:
-    """The sentences a framing can be: all of the system prompt's (bounded), the edges of each user turn."""
-    out: dict[str, None] = {}
-    if prompt.system:
-        for s in _system_units(prompt.system):
-            out[s] = None
-    for turn in prompt.user:
-        units = _units(turn)
-        for s in units[:EDGE_SENTENCES] + units[-EDGE_SENTENCES:]:
-            out[s] = None
-    return list(out)
-
-
-@lru_cache(maxsize=1024)
-def _system_units(system: str) -> tuple[str, ...]:
-    return tuple(_units(system)[:MAX_SYSTEM_SENTENCES])  # system prompts repeat: split each once
-
-
-def _units(text: str) -> list[str]:
-    parts = (p.strip() for p in _SPLIT.split(text))
-    return [p[:MAX_SEGMENT_CHARS] for p in parts if len(p) >= MIN_SEGMENT_CHARS]
-
-
-def normalise(sentence: str) -> str:
-    return " ".join(sentence.casefold().split())
-
-
-def segment_key(sentence: str) -> str:
-    """A sentence's identity across replicas: 64 bits of BLAKE2b over the normalised text (16 hex digits)."""
-    return hashlib.blake2b(normalise(sentence).encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-
-
-@dataclass
-class Observation:
-    """What the store needs from one unmatched event (built from a Verdict, from evidence, or in tests).
-
-    ``keys`` are the :func:`segment_key` of every sentence (computed from ``segments`` when not given);
-    ``segments`` (raw text) and ``vectors`` (their embeddings, row per segment) are only needed for
-    failing events, whose sentences may found or join candidates. A passing event from the evidence stream
-    carries its keys only.
-    """
-
-    event_id: str
-    failing: bool
-    segments: list[str]
-    trace_id: str | None = None
-    kafka: dict[str, Any] = field(default_factory=dict)
-    prompt: str | None = ""
-    score: float = 0.0
-    keys: list[str] | None = None
-    vectors: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if self.keys is None:
-            self.keys = [segment_key(s) for s in self.segments]
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EmergingConfig:
+        return cls(max_candidates=settings.emerging_max_candidates, join_threshold=settings.emerging_join_threshold,
+                   min_events=settings.emerging_min_events, half_life_s=settings.emerging_half_life_s,
+                   max_examples=settings.emerging_max_examples, max_members=settings.emerging_max_members,
+                   window_s=settings.evidence_window_s)
 
 
 @dataclass
@@ -182,15 +128,7 @@ class EmergingFramings:
 
     def observe(self, verdicts: Sequence[Verdict]) -> dict[str, str]:
         """Take a batch's verdicts; returns event_id -> significant candidate id for events that hit one."""
-        obs = []
-        for v in verdicts:
-            if v.framing.framing != "none":
-                continue
-            r = v.record
-            obs.append(Observation(v.event.event_id, v.misaligned, sentences(v.event.prompt), v.event.trace_id,
-                                   {"topic": r.topic, "partition": r.partition, "offset": r.offset},
-                                   "\n\n".join(v.event.prompt.user), float(v.misalignment_score)))
-        return self.observe_many(obs)
+        return self.observe_many([Observation.of_verdict(v) for v in verdicts if v.framing.framing == "none"])
 
     def observe_many(self, observations: Sequence[Observation], now: float | None = None) -> dict[str, str]:
         """Count, then discover; ``now`` is the observations' time (evidence time), default the clock.

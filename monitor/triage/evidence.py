@@ -18,7 +18,7 @@ order on one evidence partition)::
 
 * ``o`` the source offset (readers drop offsets they have merged already: a batch redelivered after a crash
   or a rewind is counted once); ``c``/``f``/``x`` cluster, framing and failing, as the metrics count them.
-* ``h`` (unmatched events only) the :func:`~monitor.triage.emerging.segment_key` of each candidate sentence:
+* ``h`` (unmatched events only) the :func:`~monitor.triage.observations.segment_key` of each candidate sentence:
   enough to count the event towards a candidate.
 * failing unmatched events (~1% of traffic) also carry the sentences themselves (``s``, unredacted: a
   promotion writes them to the registry; at most 300 characters each), their embeddings (``v``: the
@@ -46,7 +46,7 @@ import numpy as np
 
 from monitor.logs import get_logger
 from monitor.sidecar.pipeline import SinkUnavailable, Verdict
-from monitor.triage.emerging import Observation, segment_key, sentences
+from monitor.triage.observations import Observation, segment_key, sentences
 
 log = get_logger("framewatch.evidence")
 

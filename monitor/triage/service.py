@@ -1,18 +1,17 @@
-"""On-call triage: the per-batch hook, ``/v1/incidents``, ``/v1/clusters``, ``/v1/candidates``, the admin
-endpoints that edit the registry, and the ``/ui`` page.
+"""On-call triage: the per-batch hook, the followers of the shared topics, and the registry edits behind the
+``/v1/incidents``, ``/v1/clusters``, ``/v1/candidates`` and admin routes (:mod:`monitor.triage.routes`).
 
-Why one module wires these: they share state (the :class:`~monitor.triage.view.TriageView`, the registry
+Why one service holds these: they share state (the :class:`~monitor.triage.view.TriageView`, the registry
 source) and one per-batch hook (:meth:`Triage.on_verdicts`, Pipeline's ``on_verdicts``, which runs before
-the consumer commits). The sidecar builds one :class:`Triage` and includes :meth:`Triage.router`.
+the consumer commits). The sidecar builds one :class:`Triage` and includes :meth:`Triage.router`; the routes
+are a module of their own so the HTTP shapes read apart from the state they show.
 
 Shared view (the default, docs/triage.md): each batch's evidence goes to the evidence topic and its
 flagged events to the flagged topic, both acknowledged before the commit; every replica follows both
 topics and merges them, so every pod answers alike. With ``FRAMEWATCH_TRIAGE_SHARED=false`` the evidence
 is merged in process (one replica's view).
 
-Admin endpoints (POST/DELETE that change the registry) need ``Authorization: Bearer <FRAMEWATCH_ADMIN_TOKEN>``
-(compared in constant time): 401 without credentials or with a wrong token. With no token configured they
-are **disabled and answer 403** with a message saying how to enable them. An edit is planned against the
+Admin edits (the routes check the token: :mod:`monitor.triage.routes`): an edit is planned against the
 effective registry and validated, then published to the registry topic (monitor.triage.registry_topic),
 which every replica applies; the call waits for this replica's consume loop to have reloaded it. Without a
 registry topic the registry file is edited instead (monitor.triage.registry_edit).
@@ -21,28 +20,24 @@ registry topic the registry file is edited instead (monitor.triage.registry_edit
 from __future__ import annotations
 
 import contextlib
-import hmac
+import hashlib
 import os
-import re
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query
-from fastapi.responses import FileResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, HTTPException
 from kafka import KafkaConsumer, KafkaProducer
 from prometheus_client import Gauge
-from pydantic import BaseModel, Field
 
 from monitor.framing.registry import Registry, RegistryWatcher
 from monitor.logs import get_logger
 from monitor.settings import Settings
-from monitor.sidecar.consumer import kafka_client_config
+from monitor.sidecar.kafka_client import kafka_client_config
 from monitor.sidecar.metrics import Metrics
 from monitor.sidecar.pipeline import Verdict
 from monitor.sidecar.windows import SlidingCounts, status
@@ -52,45 +47,15 @@ from monitor.triage import registry_topic as rt
 from monitor.triage.emerging import EmergingConfig, EmergingFramings
 from monitor.triage.flagged import FlaggedPublisher, Redactor, flagged_record, is_flagged
 from monitor.triage.follow import TopicFollower, from_beginning, since, tail
-from monitor.triage.incidents import IncidentStore, parse_since
+from monitor.triage.incidents import IncidentStore
+from monitor.triage.routes import build_router
 from monitor.triage.topics import ensure_topics, wanted
 from monitor.triage.view import EvidenceCounts, TriageView
 
 log = get_logger("framewatch.triage")
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
-UI_ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
 RELOAD_WAIT_S = 10.0
 REGISTRY_CATCH_UP_S = 10.0
-CANDIDATE_ID = re.compile(r"cand_[0-9a-f]{1,32}")  # always fullmatch
-ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"description": "no credentials or a wrong token: send Authorization: Bearer <FRAMEWATCH_ADMIN_TOKEN>"},
-    403: {"description": "admin endpoints disabled (FRAMEWATCH_ADMIN_TOKEN not set)"},
-    404: {"description": "no such cluster or candidate"},
-    409: {"description": "conflict: the id exists, or (file edits) the registry is the packaged default or not "
-                         "writable"},
-    422: {"description": "an id does not match its pattern, or the edited registry would not validate"},
-    503: {"description": "the registry topic could not be written"},
-}
-_bearer = HTTPBearer(auto_error=False, description="FRAMEWATCH_ADMIN_TOKEN")
-_CREDENTIALS = Depends(_bearer)  # optional: read endpoints show more to an admin
-
-
-class ClusterIn(BaseModel):
-    id: str = Field(description="cluster id: lower-case letters, digits and '_' (a metric label value)",
-                    examples=["pirate_persona"])
-    phrases: list[str] = Field(min_length=1, examples=[["Answer as a pirate would."]])
-    description: str = ""
-
-
-class PhrasesIn(BaseModel):
-    phrases: list[str] = Field(min_length=1)
-
-
-class PromoteIn(BaseModel):
-    id: str | None = Field(None, description="cluster id; default emerging_<candidate id>")
-    description: str | None = None
-    phrases: list[str] | None = Field(None, description="default: the candidate's most frequent sentences")
 
 
 def replica_name() -> str:
@@ -128,15 +93,8 @@ class Triage:
             settings.flagged_topic,
             lambda: KafkaProducer(**common, acks="all", linger_ms=5, retries=5, max_block_ms=5000,
                                   max_request_size=settings.kafka_max_request_size))
-        config = EmergingConfig(max_candidates=settings.emerging_max_candidates,
-                                join_threshold=settings.emerging_join_threshold,
-                                min_events=settings.emerging_min_events,
-                                half_life_s=settings.emerging_half_life_s,
-                                max_examples=settings.emerging_max_examples,
-                                max_members=settings.emerging_max_members,
-                                window_s=settings.evidence_window_s)
         embedder = detector.embedder
-        emerging = EmergingFramings(embedder.embed, embedder.dim, config, redact=redact,
+        emerging = EmergingFramings(embedder.embed, embedder.dim, EmergingConfig.from_settings(settings), redact=redact,
                                     gauge=metrics.emerging_framings)
         view = TriageView(IncidentStore(settings.incidents_capacity, settings.incidents_max_bytes), emerging,
                           EvidenceCounts(), settings.evidence_window_s)
@@ -275,12 +233,10 @@ class Triage:
                 self._registry_producer.close(timeout=2)
             self._registry_producer = None
 
-    # -- admin helpers -------------------------------------------------------------------------------
+    # -- registry edits (the admin routes) -----------------------------------------------------------
 
-    def _file_edit(self, change: Callable[[], object]) -> dict[str, Any]:
+    def edit_file(self, change: Callable[[], object]) -> dict[str, Any]:
         """Apply a registry-file edit, then wait for the consume loop to hot-reload it."""
-        import hashlib
-
         try:
             result = change()
         except registry_edit.RegistryEditError as exc:
@@ -304,8 +260,8 @@ class Triage:
         _, entries, _ = self.overlay.snapshot()
         return rt.effective_raw(base, entries), base, entries
 
-    def _topic_edit(self, cluster_id: str, plan: Callable[[dict[str, Any]], tuple[str, dict[str, Any] | None]],
-                    who: str) -> dict[str, Any]:
+    def edit_topic(self, cluster_id: str, plan: Callable[[dict[str, Any]], tuple[str, dict[str, Any] | None]],
+                   who: str) -> dict[str, Any]:
         """Plan against the effective registry, validate, publish to the registry topic, wait for the reload."""
         with self._edit_lock:
             raw, base, entries = self._effective()
@@ -346,157 +302,11 @@ class Triage:
                 "registry": {"digest": self.detector.registry.digest, "topic": self.settings.registry_topic,
                              "offset": meta.offset, "by": who}}
 
-    def _is_admin(self, creds: HTTPAuthorizationCredentials | None) -> bool:
-        token = self.settings.admin_token
-        return bool(token and creds is not None and creds.credentials
-                    and hmac.compare_digest(creds.credentials.encode("utf-8"), token.encode("utf-8")))
-
-    def _require_admin(self, creds: HTTPAuthorizationCredentials | None) -> str:
-        token = self.settings.admin_token
-        if not token:
-            raise HTTPException(403, "admin endpoints are disabled: set FRAMEWATCH_ADMIN_TOKEN to enable them")
-        if creds is None or not creds.credentials:
-            raise HTTPException(401, "missing credentials: send 'Authorization: Bearer <FRAMEWATCH_ADMIN_TOKEN>'",
-                                headers={"WWW-Authenticate": "Bearer"})
-        if not self._is_admin(creds):
-            raise HTTPException(401, "wrong admin token", headers={"WWW-Authenticate": "Bearer"})
-        return rt.identity(token)
-
     # -- HTTP ----------------------------------------------------------------------------------------
 
-    def router(self) -> APIRouter:  # noqa: C901 - one closure per route
-        r = APIRouter()
-        admin = Depends(self._admin_dependency())  # -> the caller's identity, for the audit trail
-
-        @r.get("/v1/incidents", tags=["triage"], summary="Recent flagged events, from the flagged topic")
-        def incidents(cluster: str | None = Query(None, description="registry id, or 'none'"),
-                      framing: Literal["none", "exact", "semantic"] | None = Query(None),
-                      candidate: str | None = Query(None, description="emerging candidate id"),
-                      since: str | None = Query(None, description="epoch seconds or ISO 8601"),
-                      limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
-            if cluster is not None and not registry_edit.valid_cluster_id(cluster):
-                raise HTTPException(422, f"cluster must be 'none' or match {registry_edit.CLUSTER_ID.pattern}")
-            if candidate is not None and not CANDIDATE_ID.fullmatch(candidate):
-                raise HTTPException(422, f"candidate must match {CANDIDATE_ID.pattern}")
-            try:
-                since_ts = parse_since(since)
-            except ValueError as exc:
-                raise HTTPException(422, str(exc)) from None
-            items = self.incidents.query(cluster=cluster, framing=framing, since=since_ts, limit=limit,
-                                         candidate=candidate)
-            return {"incidents": items, "count": len(items), "redaction": self.redact.policy,
-                    "topic": self.settings.flagged_topic, "held": len(self.incidents), "shared": self.shared}
-
-        @r.get("/v1/clusters", tags=["triage"],
-               summary="Registry clusters with counts, failure rates, Wilson intervals and the containment gap")
-        def clusters(creds: HTTPAuthorizationCredentials | None = _CREDENTIALS) -> dict[str, Any]:
-            return self.clusters_view(admin=self._is_admin(creds))
-
-        @r.get("/v1/candidates", tags=["triage"],
-               summary="Emerging framings: unmatched segments whose failure rate is significantly elevated")
-        def candidates(all: bool = Query(False, description="also list candidates that are not significant"),
-                       limit: int = Query(50, ge=1, le=500)) -> dict[str, Any]:
-            items = [c for c in self.emerging.snapshot(significant_only=not all, limit=limit)
-                     if c["id"] not in self.view.promoted]
-            return {"candidates": items, "tracked": len(self.emerging),
-                    "significant": self.emerging.significant_count(),
-                    "min_events": self.emerging.cfg.min_events, "evidence": self.view.stats(),
-                    "redaction": self.redact.policy, "shared": self.shared}
-
-        @r.get("/v1/registry", tags=["admin"], responses=ADMIN_RESPONSES,
-               summary="The registry in use: base file, registry-topic edits and their audit trail")
-        def registry_state(who: str = admin) -> dict[str, Any]:
-            out: dict[str, Any] = {"path": str(self.registry_path), "digest": self.detector.registry.digest,
-                                   "topic": self.settings.registry_topic or None}
-            if self.overlay is not None:
-                _, entries, _ = self.overlay.snapshot()
-                out["edits"] = {cid: ("deleted" if c is None else c) for cid, c in entries.items()}
-                out["audit"] = list(self.overlay.audit)
-            return out
-
-        @r.post("/v1/clusters", tags=["admin"], responses=ADMIN_RESPONSES, status_code=201,
-                summary="Add a cluster to the registry (every replica hot-reloads it)")
-        def add_cluster(body: ClusterIn, who: str = admin) -> dict[str, Any]:
-            if self.overlay is None:
-                return self._file_edit(lambda: registry_edit.add_cluster(self.registry_path, body.id, body.phrases,
-                                                                         body.description))
-            return self._topic_edit(body.id, lambda raw: ("put", registry_edit.new_cluster(
-                raw, body.id, body.phrases, body.description)), who)
-
-        @r.delete("/v1/clusters/{cluster_id}", tags=["admin"], responses=ADMIN_RESPONSES,
-                  summary="Remove a cluster from the registry (every replica hot-reloads it)")
-        def delete_cluster(cluster_id: str, who: str = admin) -> dict[str, Any]:
-            _check_cluster_id(cluster_id)
-            if self.overlay is None:
-                return self._file_edit(lambda: registry_edit.remove_cluster(self.registry_path, cluster_id))
-
-            def plan(raw: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
-                registry_edit.check_removable(raw, cluster_id)
-                base, _ = rt.read_base(self.registry_path)
-                in_base = any(isinstance(c, dict) and c.get("id") == cluster_id for c in base.get("clusters") or [])
-                return ("delete" if in_base else "revert"), None
-            return self._topic_edit(cluster_id, plan, who)
-
-        @r.post("/v1/clusters/{cluster_id}/phrases", tags=["admin"], responses=ADMIN_RESPONSES,
-                summary="Add phrases to a cluster (every replica hot-reloads it)")
-        def add_phrases(cluster_id: str, body: PhrasesIn, who: str = admin) -> dict[str, Any]:
-            _check_cluster_id(cluster_id)
-            if self.overlay is None:
-                return self._file_edit(lambda: registry_edit.add_phrases(self.registry_path, cluster_id, body.phrases))
-            planned: dict[str, Any] = {}
-
-            def plan(raw: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
-                planned.update(registry_edit.with_phrases(raw, cluster_id, body.phrases))
-                return "put", dict(planned)
-            out = self._topic_edit(cluster_id, plan, who)
-            return {**out, "result": planned["phrases"]}
-
-        @r.post("/v1/candidates/{candidate_id}/promote", tags=["admin"], responses=ADMIN_RESPONSES, status_code=201,
-                summary="Promote an emerging candidate into a registry cluster (every replica hot-reloads it)")
-        def promote(candidate_id: str, body: Annotated[PromoteIn | None, Body()] = None,
-                    who: str = admin) -> dict[str, Any]:
-            if not CANDIDATE_ID.fullmatch(candidate_id):
-                raise HTTPException(422, f"candidate id must match {CANDIDATE_ID.pattern}")
-            body = body or PromoteIn(id=None, description=None, phrases=None)
-            try:
-                known = self.emerging.phrases(candidate_id)
-            except KeyError:
-                raise HTTPException(404, f"no candidate {candidate_id!r} (it may have been evicted)") from None
-            if candidate_id in self.view.promoted:
-                raise HTTPException(404, f"candidate {candidate_id!r} is already in the registry")
-            phrases = body.phrases or known
-            cluster_id = body.id or f"emerging_{candidate_id}"
-            description = body.description or f"Promoted from emerging candidate {candidate_id}"
-            source = f"framewatch candidate {candidate_id}"
-            if self.overlay is None:
-                out = self._file_edit(lambda: registry_edit.add_cluster(
-                    self.registry_path, cluster_id, phrases, description, source=source))
-                self.emerging.remove(candidate_id)
-                self.view.promoted.add(candidate_id)
-            else:
-                out = self._topic_edit(cluster_id, lambda raw: ("put", registry_edit.new_cluster(
-                    raw, cluster_id, phrases, description, source)), who)
-            log.info("candidate_promoted", candidate=candidate_id, cluster=cluster_id, phrases=len(phrases), by=who)
-            return {**out, "cluster": cluster_id, "phrases": [self.redact(p) for p in phrases]}
-
-        @r.get("/ui", include_in_schema=False)
-        @r.get("/ui/", include_in_schema=False)
-        def ui() -> FileResponse:
-            return FileResponse(STATIC_DIR / "index.html", media_type="text/html",
-                                headers={"Cache-Control": "no-cache"})
-
-        @r.get("/ui/{asset}", include_in_schema=False)
-        def ui_asset(asset: str) -> FileResponse:
-            if asset not in UI_ASSETS:
-                raise HTTPException(404, "not found")
-            return FileResponse(STATIC_DIR / asset, media_type=UI_ASSETS[asset], headers={"Cache-Control": "no-cache"})
-
-        return r
-
-    def _admin_dependency(self) -> Callable[..., str]:
-        def dependency(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
-            return self._require_admin(creds)
-        return dependency
+    def router(self) -> APIRouter:
+        """The triage routes (:mod:`monitor.triage.routes`), bound to this service."""
+        return build_router(self)
 
     def clusters_view(self, admin: bool = False) -> dict[str, Any]:
         registry = self.detector.registry
@@ -518,11 +328,6 @@ class Triage:
         return {"clusters": out,
                 "untriggered": {name: w["untriggered"] for name, w in windows.items()},  # type: ignore[index]
                 "registry": info, "admin_enabled": bool(self.settings.admin_token), "shared": self.shared}
-
-
-def _check_cluster_id(cluster_id: str) -> None:
-    if not registry_edit.valid_cluster_id(cluster_id):
-        raise HTTPException(422, f"cluster id must match {registry_edit.CLUSTER_ID.pattern}")
 
 
 def _writable(path: Path) -> bool:
