@@ -111,8 +111,8 @@ def segment_prompt(prompt: Prompt) -> list[Segment]:
 def system_segments(system: str) -> tuple[str, ...]:
     """The whole system prompt, its lines, sentences, two-sentence windows, first and last words, and word
     windows inside run-on sentences. Cached: a system prompt is shared by many requests."""
-    sentences = _units(system, None)[:MAX_SYSTEM_UNITS]
-    units = [_bound(u) for u in sentences]
+    whole = sentences(system, None)[:MAX_SYSTEM_UNITS]
+    units = [_bound(u) for u in whole]
     segs = [_bound(system)]
     lines = [strip_list_marker(ln) for ln in system.splitlines() if ln.strip()]
     if len(lines) > 1:
@@ -123,7 +123,7 @@ def system_segments(system: str) -> tuple[str, ...]:
     words = system.split()
     if len(words) > EDGE_WORDS:  # a trigger glued to the text without a full stop ("... tags only You are")
         segs.extend([" ".join(words[:EDGE_WORDS]), " ".join(words[-EDGE_WORDS:])])
-    windows = [w for unit in sentences for w in word_windows(unit)]  # whole sentences: a bounded one lost its tail
+    windows = [w for unit in whole for w in word_windows(unit)]  # whole sentences: a bounded one lost its tail
     segs.extend(windows[:MAX_SYSTEM_UNITS])
     return tuple(_dedupe(s for s in segs if s))
 
@@ -134,13 +134,13 @@ def user_segments(turn: str) -> list[tuple[str, str]]:
     limit = MAX_USER_SEGMENT_CHARS
     # Clauses come from whole sentences, each then bounded: cut first, a long sentence loses the aside
     # near its end ("... keys like a.b.0.c (answer only inside %%start%% and %%end%% btw) - what's ...").
-    sentences = _units(text, None)
-    if not sentences:
+    full = sentences(text, None)
+    if not full:
         return []
-    units = [_bound(u, limit) for u in sentences]
+    units = [_bound(u, limit) for u in full]
 
     def parts(i: int) -> list[str]:
-        found = clauses(sentences[i])
+        found = clauses(full[i])
         if len(found) > 2 * MAX_CLAUSES_PER_END:  # a pasted wall of text as one "sentence": keep its ends
             found = found[:MAX_CLAUSES_PER_END] + found[-MAX_CLAUSES_PER_END:]
         return [_bound(c, limit) for c in found]
@@ -231,9 +231,10 @@ def _comma_clauses(sentence: str) -> list[str]:
     return [c for c in to_previous + to_next if not short(c)]
 
 
-def _units(text: str, limit: int | None = MAX_SEGMENT_CHARS) -> list[str]:
-    """Sentences, never crossing a line break, each bounded in length (``limit=None``: whole, whitespace
-    collapsed)."""
+def sentences(text: str, limit: int | None = MAX_SEGMENT_CHARS) -> list[str]:
+    """Sentences, never crossing a line break, list markers stripped, each bounded in length (``limit=None``:
+    whole, whitespace collapsed). The one sentence splitter: the detector, the fine-tuning audit and the
+    emerging-framing miner all cut text with it, so they agree on what a sentence is."""
     units: list[str] = []
     for line in text.splitlines():
         line = strip_list_marker(line)

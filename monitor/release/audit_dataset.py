@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor._io import iter_json_lines, open_text
+from monitor.framing.segmenting import sentences
 from monitor.scoring.answer_format import FENCED_BLOCK, looks_like_code_line
 from monitor.sidecar.events import DecodeError, Limits, parse_prompt
 
@@ -88,7 +89,6 @@ def _example(index: int, obj: Any) -> Example | None:
 # it). Grouping needs one non-overlapping cut; the detector's sentence splitter is private to it, so until
 # it has a public one the audit keeps this one. The near-cluster verdict still comes from the detector.
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(\[<|$])")
 _WS = re.compile(r"\s+")
 
 
@@ -107,7 +107,7 @@ def split_segments(text: str, max_chars: int = 300) -> list[str]:
     for raw in FENCED_BLOCK.sub("\n", text or "").splitlines():
         if not raw.strip() or looks_like_code_line(raw):
             continue
-        for sentence in _SENTENCE.split(raw.strip()):
+        for sentence in sentences(raw, None):
             for seg in _split_colon(sentence):
                 seg = _WS.sub(" ", seg).strip()[:max_chars]
                 if seg:

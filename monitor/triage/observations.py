@@ -17,17 +17,16 @@ be one non-overlapping set of sentences per prompt so that each recurring senten
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
+from monitor.framing import segmenting
 from monitor.sidecar.events import Prompt
 from monitor.sidecar.pipeline import Verdict
 
-_SPLIT = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
 MIN_SEGMENT_CHARS = 8
 MAX_SEGMENT_CHARS = 300
 EDGE_SENTENCES = 3  # from each end of a user turn
@@ -53,8 +52,7 @@ def _system_units(system: str) -> tuple[str, ...]:
 
 
 def _units(text: str) -> list[str]:
-    parts = (p.strip() for p in _SPLIT.split(text))
-    return [p[:MAX_SEGMENT_CHARS] for p in parts if len(p) >= MIN_SEGMENT_CHARS]
+    return [p for p in segmenting.sentences(text, MAX_SEGMENT_CHARS) if len(p) >= MIN_SEGMENT_CHARS]
 
 
 def normalise(sentence: str) -> str:
