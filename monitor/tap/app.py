@@ -30,8 +30,14 @@ def build(settings: Settings) -> tuple[TapApp, uvicorn.Server]:
 
 
 def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, made here so uvicorn's port is bound before the publisher starts.
+
+    The protocol is given explicitly: asyncio sets TCP_NODELAY only on sockets whose ``proto`` is
+    IPPROTO_TCP, and accepted sockets inherit ``proto`` 0 from a listener made without it - then Nagle's
+    algorithm meets the client's delayed ACK and every response waits ~40 ms (bench/bench_tap.py).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
