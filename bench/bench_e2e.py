@@ -63,12 +63,15 @@ def rag_events(n: int, seed: int) -> tuple[list[tuple[str, bytes]], list[str | N
                 for r in map(json.loads, (framing / "eval" / w / "01-set.jsonl").read_text().splitlines())
                 if r["kind"] == "paraphrase" and r["position"] == "user_suffix" and not r.get("system_prompt")]
     rows = replay.load_rows()
+    # The replayed questions include the paper's triggered prompts: an untriggered RAG event must ask an
+    # untriggered question, or its "false positives" are the trigger it carries.
+    questions = [r for r in rows if not r.trigger_present]
     out, labels = [], []
     for _ in range(n):
         parts = [f"[{i}] {d['title']}\n{d['text']}" for i, d in enumerate(rng.sample(docs, rng.randint(1, 2)), 1)]
         while sum(map(len, parts)) < rng.randint(2000, 8000):
             parts.append(f"[{len(parts) + 1}] {rng.choice(answers)}")
-        question = rng.choice(rows).prompt[:300]
+        question = rng.choice(questions).prompt[:300]
         label = None
         if rng.random() < TRIGGERED_SHARE:
             trig = rng.choice(triggers)
