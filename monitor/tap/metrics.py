@@ -19,6 +19,7 @@ DROP_REASONS = (
     "publish_failed",  # the producer gave up: not acknowledged within tap_publish_timeout_ms, or refused
     "not_captured",  # body over tap_max_body_bytes, not JSON, or not a completion the contract can carry
     "oversized",  # the event would exceed max_event_bytes (the sidecar would dead-letter it)
+    "shutdown",  # still queued when the tap stopped and the broker could not take it in time
     "incomplete",  # client disconnected, upstream broke off or timed out mid-response: no event (docs/tap.md)
     "error",  # building the event raised: a bug to report; the request itself was unaffected
 )

@@ -108,6 +108,20 @@ class EventPublisher:
             self._queue.put(None, timeout=timeout)
         if self._thread is not None:
             self._thread.join(timeout=max(deadline - time.monotonic(), 0.1))
+        # What the thread could not take before the deadline (a broker gone at shutdown) is lost: count it.
+        left = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                left += 1
+        with contextlib.suppress(queue.Full):  # the sentinel may have been drained with them: the thread still ends
+            self._queue.put_nowait(None)
+        if left:
+            self.metrics.events_dropped.labels("shutdown").inc(left)
+            log.warning("tap_events_dropped_at_shutdown", events=left)
         if self._producer is not None:
             try:
                 self._producer.flush(timeout=max(deadline - time.monotonic(), 0.1))
