@@ -86,6 +86,7 @@ _MARKUP = re.compile(r"<[^<>]*>|\{%[^{}]*%\}|\{\{[^{}]*\}\}")
 # "==" or starts with "for"/"if"/"with" (measured: such lines hid triggers in two unseen prompts).
 PROSE_MIN_WORDS, PROSE_WORD_SHARE = 6, 0.7
 _WORD = re.compile(r"[(\"'\u201c\u2018]?[A-Za-z][A-Za-z'\u2019-]*[.,!?:;)\"'\u201d\u2019]*")
+_CODE_SYMBOLS = str.maketrans("", "", "{}();=[]<>$_")
 _BLOCK_MARKERS = re.compile(r"<<\s*/?\s*CODE\s*>>|\[/?TEMPLATE BLOCK\]", re.I)
 
 
@@ -278,8 +279,10 @@ def _code_like(line: str, stripped: str) -> bool:
         return True
     if _ASSIGN.search(stripped) and any(ch in stripped for ch in "()[]{}'\"."):
         return True
-    symbols = sum(ch in "{}();=[]<>$_" for ch in stripped)
-    return len(stripped) > 24 and symbols / len(stripped) > 0.12 and " " not in stripped[:12]
+    if len(stripped) <= 24 or " " in stripped[:12]:
+        return False
+    symbols = len(stripped) - len(stripped.translate(_CODE_SYMBOLS))  # counted in C: long pastes have many lines
+    return symbols / len(stripped) > 0.12
 
 
 def _reads_as_prose(line: str) -> bool:

@@ -40,10 +40,21 @@ def sentences(prompt: Prompt) -> list[str]:
         for s in _system_units(prompt.system):
             out[s] = None
     for turn in prompt.user:
-        units = _units(turn)
+        units = _units(_edges(turn))
         for s in units[:EDGE_SENTENCES] + units[-EDGE_SENTENCES:]:
             out[s] = None
     return list(out)
+
+
+def _edges(turn: str) -> str:
+    """A long turn's head and tail only: just its edge sentences are kept, and splitting a pasted 8 KB document
+    whole to keep six sentences was most of the evidence stream's cost on retrieval-augmented traffic. While
+    the edge sentences are shorter than the span, the result is that of splitting the whole turn (a test holds
+    this); a run-on "sentence" longer than the span is cut at it."""
+    span = EDGE_SENTENCES * MAX_SEGMENT_CHARS * 2
+    if len(turn) <= 2 * span:
+        return turn
+    return turn[:span] + "\n" + turn[-span:]
 
 
 @lru_cache(maxsize=1024)
