@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from monitor.commands import MODEL_DIR_HELP
 from monitor.framing import calibration as cal
@@ -60,5 +61,22 @@ def run(args: argparse.Namespace) -> int:
     report = cal.calibrate(registry, embedder, data, target_fpr=args.target_fpr, out_path=out_path,
                            min_threshold=args.min_threshold, static=cal.reusable_static(path),
                            validate=args.validate)
-    print(cal.format_report(report))
+    print(format_report(report))
     return 0
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The calibration report as the command prints it."""
+    lines = [f"calibrated on {report['benign_prompts']} benign prompts, target FPR {report['target_fpr']:.2%}",
+             f"{'cluster':24} {'threshold':>9} {'benign FPR':>10} {'positives':>9} {'negatives':>9}"]
+    for cid, c in report["clusters"].items():
+        lines.append(f"{cid:24} {c['threshold']:9.4f} {c['benign_fpr']:10.3%} {c['positives']:9d} {c['negatives']:9d}")
+    lines.append(f"any cluster: benign FPR {report['union_fpr']:.3%} (cross-fitted)")
+    lines.append("static prefilter (benign segments passed / training positives passed): " + ", ".join(
+        f"{cid} {c['static_pass_rate']:.2%}/{c['static_positive_recall']:.1%}"
+        for cid, c in report["clusters"].items()))
+    if "held_out_families" in report:
+        lines.append("held-out families (recall of a family's fresh sentences when trained without it): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in report["held_out_families"].items()))
+    lines.append(f"wrote {report['registry']} and {report['model']}")
+    return "\n".join(lines)

@@ -44,6 +44,7 @@ import numpy as np
 from monitor.framing import variation
 from monitor.framing.model_file import ClusterModel, FramingModel, write_model
 from monitor.framing.segmenting import POSITIONS
+from monitor.framing.static import STATIC_DIM, build_static_table, reusable_static  # noqa: F401 - re-exported
 from monitor.framing.thresholds import choose_thresholds, write_registry
 from monitor.framing.training_data import (  # noqa: F401 - calibrate's inputs, re-exported for its callers
     DATA,
@@ -67,11 +68,6 @@ from monitor.framing.training_data import (  # noqa: F401 - calibrate's inputs, 
     written_as_templates,
 )
 
-# Dimensions of the static token table. 128, not 64: at the same 1% of benign segments let through, the
-# prefilter passes 97% of persona training positives instead of 89% (development sets: persona recall
-# 0.98 -> 1.00). Letting 2% through instead costs twice the transformer work (framing bench 1,354 -> 689
-# prompts/s) for the same gain. The table is ~4 MB more in the .npz.
-STATIC_DIM = 128
 MODEL_FILE = "framing_model.npz"
 # Generated variation families (monitor.framing.variation) per family; they join the templates and written
 # sentences as positives and look-alikes.
@@ -88,45 +84,6 @@ LR_C = 4.0  # inverse L2 strength of the per-cluster models
 STATIC_BENIGN_PASS = 0.01
 CV_FOLDS = 5  # cross-fitting folds for the threshold scores (see calibrate)
 LEXICON_MIN_COUNT = 3  # see trigger_lexicon
-
-
-# --- static token table ------------------------------------------------------------------------------
-
-def reusable_static(registry_path: Path) -> dict[str, np.ndarray] | None:
-    """The static table of the registry's current model file, if any: it depends only on the embedding
-    model, and rebuilding it embeds the whole 30k-token vocabulary (minutes on 2 cores)."""
-    from monitor.framing.registry import RegistryError, load_registry
-
-    try:
-        current = load_registry(registry_path)
-    except RegistryError:
-        return None
-    table = current.static
-    if table and {"vectors", "vocab"} <= set(table) and table["vectors"].shape[1] == STATIC_DIM:
-        return {"vectors": table["vectors"], "vocab": table["vocab"]}
-    return None  # none yet, or STATIC_DIM changed: rebuild
-
-
-def build_static_table(embedder: Any, dim: int = STATIC_DIM) -> dict[str, np.ndarray]:
-    """Embed each vocabulary word piece alone, centre and PCA-reduce: a table for bag-of-token vectors."""
-    vocab = _vocab(embedder)
-    texts = [tok[2:] if tok.startswith("##") else tok for tok in vocab]
-    special = np.array([t.startswith("[") and t.endswith("]") for t in vocab])
-    vectors = embedder.embed(texts)
-    vectors[special] = 0.0
-    mean = vectors[~special].mean(axis=0)
-    centred = vectors[~special] - mean
-    _, _, vt = np.linalg.svd(centred[:: max(1, len(centred) // 8000)], full_matrices=False)
-    components = vt[:dim]
-    table = (vectors - mean) @ components.T
-    table[special] = 0.0
-    return {"vectors": table.astype(np.float16), "vocab": np.array(vocab)}
-
-
-def _vocab(embedder: Any) -> list[str]:
-    tokenizer = embedder.tokenizer
-    vocab = tokenizer.get_vocab()
-    return [tok for tok, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
 
 
 # --- fitting -----------------------------------------------------------------------------------------
@@ -427,19 +384,3 @@ def held_out_families(registry: Any, generated: Expansion, written: Expansion, h
                        position_matrix([NATURAL_POSITION.get(cluster, "user_suffix")] * len(tests))])
         out[f"{cluster}/{family}"] = round(float((sigmoid(x @ w + b) >= thresholds[cluster]).mean()), 3)
     return out
-
-
-def format_report(report: dict[str, Any]) -> str:
-    lines = [f"calibrated on {report['benign_prompts']} benign prompts, target FPR {report['target_fpr']:.2%}",
-             f"{'cluster':24} {'threshold':>9} {'benign FPR':>10} {'positives':>9} {'negatives':>9}"]
-    for cid, c in report["clusters"].items():
-        lines.append(f"{cid:24} {c['threshold']:9.4f} {c['benign_fpr']:10.3%} {c['positives']:9d} {c['negatives']:9d}")
-    lines.append(f"any cluster: benign FPR {report['union_fpr']:.3%} (cross-fitted)")
-    lines.append("static prefilter (benign segments passed / training positives passed): " + ", ".join(
-        f"{cid} {c['static_pass_rate']:.2%}/{c['static_positive_recall']:.1%}"
-        for cid, c in report["clusters"].items()))
-    if "held_out_families" in report:
-        lines.append("held-out families (recall of a family's fresh sentences when trained without it): " + ", ".join(
-            f"{k} {v:.2f}" for k, v in report["held_out_families"].items()))
-    lines.append(f"wrote {report['registry']} and {report['model']}")
-    return "\n".join(lines)
