@@ -39,6 +39,7 @@ from monitor.framing.spelling import Speller
 from monitor.framing.static import StaticEncoder
 from monitor.settings import Settings
 from monitor.sidecar.events import Prompt
+from monitor.stats import sigmoid
 
 Framing = Literal["none", "exact", "semantic"]
 VERDICT_CACHE_SIZE = 200_000
@@ -73,8 +74,6 @@ class FramingResult:
 NONE = FramingResult("none", None, 0.0, None)
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -30, 30)))
 
 
 # --- the detector ------------------------------------------------------------------------------------

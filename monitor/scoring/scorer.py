@@ -22,6 +22,7 @@ import numpy as np
 
 from monitor._io import sha256_file
 from monitor.settings import REPO_DIR
+from monitor.stats import sigmoid
 
 FORMAT = "framewatch-response-classifier/1"
 MANIFEST = "manifest.json"
@@ -219,7 +220,7 @@ class Featurizer:
 
 
 def _platt(z: np.ndarray, a: float, b: float) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-(a * z + b)))
+    return sigmoid(a * z + b)
 
 
 class ResponseScorer:

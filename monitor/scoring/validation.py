@@ -16,6 +16,7 @@ import numpy as np
 
 from monitor.scoring.fitting import fit, fit_rows
 from monitor.scoring.training_data import Row, TrainConfig, TrainingError
+from monitor.stats import sigmoid
 
 
 def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
@@ -66,7 +67,7 @@ def fit_calibration(z: np.ndarray, y: np.ndarray, method: str) -> dict[str, Any]
 
 def apply_calibration(cal: dict[str, Any], z: np.ndarray) -> np.ndarray:
     if cal["method"] == "platt":
-        return 1.0 / (1.0 + np.exp(-(cal["a"] * z + cal["b"])))
+        return sigmoid(cal["a"] * z + cal["b"])
     return np.interp(z, np.asarray(cal["x"]), np.asarray(cal["y"]))
 
 
