@@ -132,6 +132,10 @@ def test_broker_outage_not_ready_then_resumes(tmp_path: Path, sidecars: list[Sid
         assert s.get("/healthz")[0] == 200 and s.proc is not None and s.proc.poll() is None
         broker = LocalBroker(port=port, log_path=tmp_path / "broker2.log").start()  # memory only: empty again
         broker.create_topics({TOPIC: PARTITIONS, DLQ: 1})
+        # Tansu keeps nothing across a restart, so the topic starts again at offset 0, while the sidecar may still
+        # hold its old positions (~25 per partition) if its group has not been rebuilt yet; real Kafka keeps the
+        # log. Spacer events fill the offsets below any old position, so the events under test lie beyond it.
+        produce(broker.bootstrap, TOPIC, good_events(200, seed=6, prefix="spacer"))
         produce(broker.bootstrap, TOPIC, good_events(100, seed=5, prefix="after"))
         wait_for(lambda: {e["event_id"] for e in s.log_events("event_processed")} >= {f"after-{i}" for i in range(100)},
                  180, "events produced after the broker came back")
