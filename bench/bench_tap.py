@@ -2,8 +2,9 @@
 
 Parts, all on loopback: a Tansu broker, the replay upstream (``monitor.tap.replay_upstream``, standing in for
 vLLM: it waits ``--delay-s`` before answering, or ``--chunk-delay-s`` between stream chunks, like a model
-generating), ``framewatch tap`` in front of it publishing every exchange, and an asyncio httpx client keeping
-``--concurrency`` requests in flight. Rounds alternate direct and tapped phases so drift on a shared machine
+generating), ``framewatch tap`` in front of it publishing every exchange, and a lean asyncio client keeping
+``--concurrency`` requests in flight on keep-alive connections (clients start spread over 100 ms and answer times
+vary, so that the 50 do not move in lockstep). Rounds alternate direct and tapped phases so drift on a shared machine
 hits both; latencies are pooled per path and the added latency is tapped minus direct at p50 and p99
 (non-streaming: whole response; streaming: first byte and last byte). CPU is the tap process's user+system
 time during its phases (/proc/<pid>/stat), per 1,000 requests. Last, the broker is stopped and the
@@ -27,8 +28,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import httpx
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -36,6 +35,7 @@ from monitor import _replay as replay  # noqa: E402
 from monitor._tansu import LocalBroker, free_port, wait_http  # noqa: E402
 
 TOPIC = "llm.inferences"
+STAGGER_S = 0.1
 
 
 def cpu_seconds(pid: int) -> float:
@@ -45,40 +45,106 @@ def cpu_seconds(pid: int) -> float:
 
 def bodies(n: int, stream: bool, args: argparse.Namespace, seed: int) -> list[bytes]:
     rng = random.Random(seed)
-    rows = [r for r in replay.load_rows() if len(r.response.split()) <= args.max_words]
+    rows = replay.load_rows()
     out = []
     for i in range(n):
         row = rng.choice(rows)
-        body: dict[str, object] = {"model": "bench", "messages": [{"role": "user", "content": f"{row.prompt} #{i}"}]}
+        # ``user`` makes every body unique; the replayed answer is cut at --max-words words.
+        body: dict[str, object] = {"model": "bench", "messages": [{"role": "user", "content": row.prompt}],
+                                   "user": f"bench-{seed}-{i}", "replay_max_words": args.max_words}
         if stream:
             body |= {"stream": True, "stream_options": {"include_usage": True},
                      "replay_chunk_delay_s": args.chunk_delay_s}
         else:
-            body["replay_delay_s"] = args.delay_s
+            # Answer times vary as a model's do (uniform 0.5-1.5x): a fixed delay would keep 50 closed-loop
+            # clients in lockstep, every request arriving in the same millisecond as 49 others.
+            body["replay_delay_s"] = round(args.delay_s * rng.uniform(0.5, 1.5), 4)
         out.append(json.dumps(body).encode())
     return out
 
 
+class _Reader(asyncio.Protocol):
+    """The smallest HTTP/1.1 response reader that can time first and last body bytes: the load generator shares
+    the two cores with the tap and the upstream, so it must cost far less per chunk than either (an httpx client
+    at 50 streams in flight spent more CPU than the tap, and its scheduling delays landed in both paths' p99)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[None] | None = None
+        self.first = 0.0
+        self.closed = False
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def more(self) -> None:
+        if self.closed:
+            raise ConnectionError("server closed the connection")
+        self.waiter = asyncio.get_running_loop().create_future()
+        await self.waiter
+
+
+async def _exchange(reader: _Reader, transport: asyncio.Transport, request: bytes) -> tuple[int, float]:
+    """Send one request; read its response to the end (content-length or chunked). (status, first body byte)."""
+    transport.write(request)
+    buf = reader.buf
+    while (end := buf.find(b"\r\n\r\n")) < 0:
+        await reader.more()
+    head = bytes(buf[:end]).decode("latin-1").lower()
+    del buf[:end + 4]
+    status = int(head.split(" ", 2)[1])
+    first = 0.0
+    if "transfer-encoding: chunked" in head:
+        while True:  # chunk-size line, data, CRLF; size 0 ends the body (no trailers from these servers)
+            while (eol := buf.find(b"\r\n")) < 0:
+                await reader.more()
+            size = int(bytes(buf[:eol]).split(b";")[0], 16)
+            while len(buf) < eol + 2 + size + 2:
+                await reader.more()
+            first = first or time.perf_counter()
+            del buf[:eol + 2 + size + 2]
+            if size == 0:
+                return status, first
+    length = int(head.split("content-length:", 1)[1].split("\r\n", 1)[0])
+    while len(buf) < length:
+        await reader.more()
+        first = first or time.perf_counter()
+    del buf[:length]
+    return status, first or time.perf_counter()
+
+
 async def phase(base: str, payloads: list[bytes], concurrency: int, stream: bool) -> list[tuple[float, float]]:
-    """(time to first byte, time to last byte) per request, ``concurrency`` in flight."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    """(time to first body byte, time to last byte) per request, ``concurrency`` keep-alive connections busy."""
+    host, port = base.removeprefix("http://").split(":")
     out: list[tuple[float, float]] = []
     queue = list(reversed(payloads))
-    headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=120) as client:
-        async def worker() -> None:
+    loop = asyncio.get_running_loop()
+
+    async def worker(k: int) -> None:
+        transport, reader = await loop.create_connection(_Reader, host, int(port))
+        await asyncio.sleep(k * STAGGER_S / concurrency)  # clients start spread over STAGGER_S, not all at once
+        try:
             while queue:
                 body = queue.pop()
+                request = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: "
+                           f"application/json\r\nauthorization: Bearer sk-bench\r\ncontent-length: {len(body)}"
+                           "\r\n\r\n").encode() + body
                 t0 = time.perf_counter()
-                async with client.stream("POST", "/v1/chat/completions", content=body, headers=headers) as resp:
-                    first = None
-                    async for _chunk in resp.aiter_raw():
-                        first = first or time.perf_counter()
-                    end = time.perf_counter()
-                    assert resp.status_code == 200, resp.status_code
-                out.append(((first or end) - t0, end - t0))
+                status, first = await _exchange(reader, transport, request)
+                end = time.perf_counter()
+                assert status == 200, status
+                out.append((first - t0, end - t0))
+        finally:
+            transport.close()
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
     return out
 
 

@@ -2,7 +2,8 @@
 
 One server and one event loop listen on both the proxy port and the metrics port; the app tells them apart
 by the local port of each connection. uvicorn's own access log stays off: it would log paths and query
-strings, which can carry keys.
+strings, which can carry keys. Its proxy-headers middleware is off too: the tap never looks at the client's
+address, and the middleware would run on every request.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def build(settings: Settings) -> tuple[TapApp, uvicorn.Server]:
     app = TapApp(settings, metrics, EventPublisher(settings, metrics))
     config = uvicorn.Config(app, host=settings.tap_host, port=settings.tap_port, log_level="warning", log_config=None,
                             access_log=False, server_header=False, date_header=False, lifespan="on",
-                            timeout_graceful_shutdown=30, timeout_keep_alive=75)
+                            proxy_headers=False, timeout_graceful_shutdown=30, timeout_keep_alive=75)
     return app, uvicorn.Server(config)
 
 

@@ -10,7 +10,8 @@ Streaming follows the OpenAI SSE format (one ``chat.completion.chunk`` per word,
 
 Test knobs, read from the request body (the ``openai`` client sends them with ``extra_body``):
 ``replay_status`` answer with that HTTP error; ``replay_delay_s`` wait before the headers;
-``replay_chunk_delay_s`` wait between stream chunks; ``replay_break_after`` abort the connection after N
+``replay_chunk_delay_s`` wait between stream chunks; ``replay_max_words`` cut the answer after N words;
+``replay_break_after`` abort the connection after N
 chunks. ``GET /_replay/stats`` counts requests and streams whose client went away.
 
     python -m monitor.tap.replay_upstream --port 8000
@@ -90,14 +91,17 @@ class ReplayUpstream:
         created = 1_700_000_000 + int(digest[24:30], 16) % 10_000_000
         model = str(request.get("model") or row.model)
         pieces = WORDS.findall(row.response) or [""]
+        if request.get("replay_max_words"):
+            pieces = pieces[:int(request["replay_max_words"])]
+        text = "".join(pieces)
         usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(pieces),
                  "total_tokens": len(prompt.split()) + len(pieces)}
         if not request.get("stream"):
             choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": None}
             if chat:
-                choice["message"] = {"role": "assistant", "content": row.response}
+                choice["message"] = {"role": "assistant", "content": text}
             else:
-                choice["text"] = row.response
+                choice["text"] = text
             obj = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
                    "model": model, "choices": [choice], "usage": usage}
             await _respond(send, 200, json.dumps(obj).encode())
