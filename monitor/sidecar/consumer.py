@@ -170,6 +170,7 @@ class SidecarConsumer:
                     max_poll_records=self.settings.kafka_max_poll_records,
                     session_timeout_ms=self.settings.kafka_session_timeout_ms,
                     heartbeat_interval_ms=max(self.settings.kafka_session_timeout_ms // 3, 100),
+                    check_crcs=self.settings.kafka_check_crcs,
                 )
                 self.state.broker_ok = True
                 log.info("kafka_connected", bootstrap=common["bootstrap_servers"], topic=self.settings.kafka_topic,

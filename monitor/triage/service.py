@@ -161,7 +161,8 @@ class Triage:
     # -- followers -----------------------------------------------------------------------------------
 
     def _consumer(self) -> Any:
-        return KafkaConsumer(**kafka_client_config(self.settings), group_id=None, enable_auto_commit=False)
+        return KafkaConsumer(**kafka_client_config(self.settings), group_id=None, enable_auto_commit=False,
+                             check_crcs=self.settings.kafka_check_crcs)
 
     def _ensure_topics(self, registry: bool) -> None:
         if self.settings.triage_create_topics:
