@@ -1,11 +1,15 @@
 """Stage 4: tables for (a) MiniLM heads, (b) mpnet heads, (c) two-stage (MiniLM head prob >= bar escalates a segment
-to the mpnet heads, which decide; thresholds re-chosen on the cross-fitted two-stage scores, same target and floors).
-Writes /tmp/fw/exp/mpnet_results.md."""
+to the mpnet heads, which decide; thresholds re-chosen on the cross-fitted two-stage scores, same target and floors),
+(d) SetFit-style fine-tuned MiniLM heads (setfit.py: held-out-family rows from the group encoder that never saw the
+family, with that encoder's own thresholds; everything else from the encoder tuned on all training data).
+(b)/(c) need fit_mpnet.pkl, (d) fit_setfit_{all,g0,g1,g2}.pkl; each is left out when its pickles are missing.
+Writes $FW_EXP_DIR/mpnet_results.md."""
 import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 EXP = Path(os.environ.get("FW_EXP_DIR", "/tmp/fw/exp"))  # scratch: caches, ONNX files, pickles (~1.2 GB)
+import json
 import pickle
 import sys
 from collections import defaultdict
@@ -21,7 +25,15 @@ P = pickle.load(open(f"{EXP}/prep.pkl", "rb"))
 VARIANT = sys.argv[1] if len(sys.argv) > 1 else ""  # e.g. c0.05_nolex (fit.py's optional head variant)
 SUFFIX = "_" + VARIANT if VARIANT else ""
 A = pickle.load(open(f"{EXP}/fit_minilm{SUFFIX}.pkl", "rb"))
-B = pickle.load(open(f"{EXP}/fit_mpnet{SUFFIX}.pkl", "rb"))
+HAVE_B = Path(f"{EXP}/fit_mpnet{SUFFIX}.pkl").exists()
+B = pickle.load(open(f"{EXP}/fit_mpnet{SUFFIX}.pkl", "rb")) if HAVE_B else None
+HAVE_D = all(Path(f"{EXP}/fit_setfit_{g}{SUFFIX}.pkl").exists() for g in ("all", "g0", "g1", "g2"))
+D = {g: pickle.load(open(f"{EXP}/fit_setfit_{g}{SUFFIX}.pkl", "rb")) for g in ("all", "g0", "g1", "g2")} if HAVE_D else {}
+D_INFO = {g: json.load(open(f"{EXP}/setfit_{g}/info.json")) for g in D}
+# setfit.py's groups: prep.py's held-out families round-robin; check against what each encoder was trained without
+D_GROUP = {(F["cluster"], F["family"]): f"g{i % 3}" for i, F in enumerate(P["families"])}
+for key, g in D_GROUP.items():
+    assert not D or f"{key[0]}/{key[1]}" in D_INFO[g]["held_out"], (key, g)
 registry = load_registry(DEFAULT_REGISTRY, with_model=False)
 ids = registry.cluster_ids()
 K = len(ids)
@@ -50,9 +62,15 @@ def oof_two_stage(bar):
         out[i] = np.where(amask(pos), s, 0.0).max(axis=0)
     return out, np.array(esc), np.array(tot)
 
-configs = {"a_minilm": dict(kind="single", fit=A, thr=A["thresholds"]),
-           "b_mpnet": dict(kind="single", fit=B, thr=B["thresholds"])}
-for bar in BARS:
+configs = {"a_minilm": dict(kind="single", fit=A, thr=A["thresholds"], fam_fit={k: A for k in D_GROUP},
+                       union_fpr=A["union_fpr"])}
+if HAVE_B:
+    configs["b_mpnet"] = dict(kind="single", fit=B, thr=B["thresholds"], fam_fit={k: B for k in D_GROUP},
+                              union_fpr=B["union_fpr"])
+if HAVE_D:
+    configs["d_setfit"] = dict(kind="single", fit=D["all"], thr=D["all"]["thresholds"],
+                               fam_fit={k: D[g] for k, g in D_GROUP.items()}, union_fpr=D["all"]["union_fpr"])
+for bar in BARS if HAVE_B else []:
     oof2, esc, tot = oof_two_stage(bar)
     thr, ufpr, _ = cal.choose_thresholds(ids, oof2, 0.005, A["floors"])
     configs[f"c_bar{bar}"] = dict(kind="two", bar=bar, thr=thr, union_fpr=ufpr,
@@ -73,17 +91,18 @@ for name, cfg in configs.items():
     fam = {}
     for F in P["families"]:
         key = (F["cluster"], F["family"]); c = F["cluster"]
-        if cfg["kind"] == "single":
-            p = cfg["fit"]["families"][key]; fam[key] = float((p >= cfg["thr"][c]).mean())
+        if cfg["kind"] == "single":  # the family's own encoder (d: its group's) and that encoder's threshold
+            ff = cfg["fam_fit"][key]; fam[key] = float((ff["families"][key] >= ff["thresholds"][c]).mean())
         else:
             pa, pb = A["families"][key], B["families"][key]
             fam[key] = float(((pa >= cfg["bar"]) & (pb >= cfg["thr"][c])).mean())
             cfg.setdefault("fam_below_bar", {})[key] = float((pa < cfg["bar"]).mean())
     ev = defaultdict(lambda: [0, 0]); esc = defaultdict(lambda: [0, 0, 0])  # source -> escalated, embedded, prompts
-    for e, pa, pb in zip(P["evalsets"], A["evals"], B["evals"]):
+    for i, (e, pa) in enumerate(zip(P["evalsets"], A["evals"], strict=True)):
         pos = [p for _, p in e["segments"]]
+        pb = B["evals"][i] if HAVE_B else None
         if cfg["kind"] == "single":
-            got = decide(pa if name == "a_minilm" else pb, pos, cfg["thr"])
+            got = decide(cfg["fit"]["evals"][i], pos, cfg["thr"])
         else:
             m = escalated(pa, pos, cfg["bar"]) if len(pos) else np.zeros(0, bool)
             got = decide(np.where(m[:, None], pb, 0.0), pos, cfg["thr"]) if len(pos) else None
@@ -98,13 +117,15 @@ for name, cfg in configs.items():
 fams = [(F["cluster"], F["family"]) for F in P["families"]]
 names = list(configs)
 L = []
-L.append("# mpnet vs MiniLM framing heads (issue 16 item 4) - held-out-family validation"
+L.append("# Encoder options for the framing heads (issue 16 item 4) - held-out-family validation"
          + (f" - head variant {VARIANT}" if VARIANT else "") + "\n")
 L.append("All heads: embedding + hashed word features + per-position bias, fitted by monitor.framing.calibration "
          "(fit_clusters, same training data/seeds); thresholds by choose_thresholds on cross-fitted benign "
-         "calibration prompts (target FPR 0.5%, registry floors). Both encoders int8, one text per run. "
+         "calibration prompts (target FPR 0.5%, registry floors). All encoders int8, one text per run. "
          "(c) = MiniLM head prob >= bar escalates the segment to mpnet, whose heads decide (thresholds re-chosen on "
-         "the cross-fitted two-stage scores). Heads only: no exact match, no PHRASE_PROXIMITY.\n")
+         "the cross-fitted two-stage scores). (d) = MiniLM after a SetFit-style contrastive fine-tune (setfit.py); "
+         "its held-out rows come from the group encoder trained without the family, at that encoder's own "
+         "thresholds. Heads only: no exact match, no PHRASE_PROXIMITY.\n")
 hdr = "| | " + " | ".join(n.replace("c_bar", "c bar ") for n in names) + " |"
 sep = "|---" * (len(names) + 1) + "|"
 L.append("## Held-out family recall (fresh sentences of a family, its cluster trained without it)\n")
@@ -113,15 +134,17 @@ for k in fams:
     L.append(f"| {k[0]}/{k[1]} | " + " | ".join(f"{results[n]['fam'][k]:.2f}" for n in names) + " |")
 L.append("| **min** | " + " | ".join(f"**{min(results[n]['fam'].values()):.2f}**" for n in names) + " |")
 L.append("| mean | " + " | ".join(f"{np.mean(list(results[n]['fam'].values())):.2f}" for n in names) + " |")
-L.append("\nHeld-out positives below the escalation bar (MiniLM head, family held out) - recall lost to escalation:\n")
-L.append("| family | " + " | ".join(f"bar {b}" for b in BARS) + " |"); L.append("|---" * (len(BARS) + 1) + "|")
-for k in fams:
-    L.append(f"| {k[0]}/{k[1]} | " + " | ".join(f"{configs[f'c_bar{b}']['fam_below_bar'][k]:.2f}" for b in BARS) + " |")
+if HAVE_B:
+    L.append("\nHeld-out positives below the escalation bar (MiniLM head, family held out) - recall lost to "
+             "escalation:\n")
+    L.append("| family | " + " | ".join(f"bar {b}" for b in BARS) + " |"); L.append("|---" * (len(BARS) + 1) + "|")
+    for k in fams:
+        L.append(f"| {k[0]}/{k[1]} | "
+                 + " | ".join(f"{configs[f'c_bar{b}']['fam_below_bar'][k]:.2f}" for b in BARS) + " |")
 L.append("\n## Thresholds\n"); L += [hdr, sep]
 for c in ids:
     L.append(f"| {c} | " + " | ".join(f"{results[n]['thr'][c]:.3f}" for n in names) + " |")
-L.append("| cross-fitted benign FPR (union) | " + f"{A['union_fpr']:.4f} | {B['union_fpr']:.4f} | "
-         + " | ".join(f"{configs[n]['union_fpr']:.4f}" for n in names[2:]) + " |")
+L.append("| cross-fitted benign FPR (union) | " + " | ".join(f"{configs[n]['union_fpr']:.4f}" for n in names) + " |")
 L.append("\n## Evaluation sets (untuned hand-written eval sources + all benign sources), prompt level\n")
 L.append("Segments embedded = the detector's static prefilter + compute budget (FramingDetector._prefilter, final "
          "static heads). Recall counts the right cluster; look-alikes/benign count any flag.\n")
@@ -133,17 +156,36 @@ for k in keys:
     tot = results["a_minilm"]["ev"][k][1]
     label = f"{k[0]} {k[1]}" + (" recall" if k[1] in MAIN else " flagged") + f" (n={tot})"
     L.append(f"| {label} | " + " | ".join(f"{results[n]['ev'][k][0] / tot:.3f}" for n in names) + " |")
-L.append("\n## Escalation cost (c): mpnet segments per prompt / share of embedded segments escalated\n")
-L.append("| benign source | " + " | ".join(f"bar {b}" for b in BARS) + " |"); L.append("|---" * (len(BARS) + 1) + "|")
-L.append("| calibration prompts (cross-fitted) | " + " | ".join(
-    f"{configs[f'c_bar{b}']['cal_esc_per_prompt']:.3f} / {configs[f'c_bar{b}']['cal_esc_share']:.1%}" for b in BARS) + " |")
-for src in sorted(results[f"c_bar{BARS[0]}"]["esc"]):
-    cells = []
-    for b in BARS:
-        e, t, n = results[f"c_bar{b}"]["esc"][src]
-        cells.append(f"{e / n:.3f} / {e / max(t, 1):.1%}")
-    e0, t0, n0 = results[f"c_bar{BARS[0]}"]["esc"][src]
-    L.append(f"| {src} ({n0} prompts, {t0 / n0:.2f} MiniLM segs/prompt) | " + " | ".join(cells) + " |")
+if HAVE_D:
+    L.append("\n## (d) per encoder: training, the group encoders' own thresholds, export parity\n")
+    L.append("Parity: data/parity_texts.jsonl, sentence-transformers fp32 (max_seq_length 256) of the same weights vs "
+             "the ONNX file through monitor.embedding.Embedder (int8: one text per run).\n")
+    L.append("| encoder | held out | pairs | train s (threads) | final loss | " + " | ".join(ids)
+             + " | cross-fitted FPR | int8 mean cos | int8 min cos | fp32 onnx mean cos | cos to base |")
+    L.append("|---" * (len(ids) + 10) + "|")
+    for g, fit in D.items():
+        inf = D_INFO[g]; par = inf["parity"]
+        L.append(f"| {g} | {', '.join(inf['held_out']) or '-'} | {inf['pairs']} | {inf['train_seconds']:.0f} "
+                 f"({inf['threads']}) | {inf['final_loss']:.4f} | "
+                 + " | ".join(f"{fit['thresholds'][c]:.3f}" for c in ids)
+                 + f" | {fit['union_fpr']:.4f} | {par['model.int8.onnx']['mean_cosine']:.4f} | "
+                 f"{par['model.int8.onnx']['min_cosine']:.4f} | {par['model.onnx']['mean_cosine']:.4f} | "
+                 f"{inf['mean_cos_to_base_fp32']:.4f} |")
+    par = D_INFO["all"]["parity"]["shipped_minilm_int8_vs_base"]
+    L.append(f"\nShipped MiniLM int8 vs its fp32 on the same texts: mean cos {par['mean_cosine']:.4f}, "
+             f"min {par['min_cosine']:.4f}.")
+if HAVE_B:
+    L.append("\n## Escalation cost (c): mpnet segments per prompt / share of embedded segments escalated\n")
+    L.append("| benign source | " + " | ".join(f"bar {b}" for b in BARS) + " |"); L.append("|---" * (len(BARS) + 1) + "|")
+    L.append("| calibration prompts (cross-fitted) | " + " | ".join(
+        f"{configs[f'c_bar{b}']['cal_esc_per_prompt']:.3f} / {configs[f'c_bar{b}']['cal_esc_share']:.1%}" for b in BARS) + " |")
+    for src in sorted(results[f"c_bar{BARS[0]}"]["esc"]):
+        cells = []
+        for b in BARS:
+            e, t, n = results[f"c_bar{b}"]["esc"][src]
+            cells.append(f"{e / n:.3f} / {e / max(t, 1):.1%}")
+        e0, t0, n0 = results[f"c_bar{BARS[0]}"]["esc"][src]
+        L.append(f"| {src} ({n0} prompts, {t0 / n0:.2f} MiniLM segs/prompt) | " + " | ".join(cells) + " |")
 open(f"{EXP}/mpnet_results{SUFFIX}.md", "w").write("\n".join(L) + "\n")
 print("\n".join(L))
 pickle.dump({k: {kk: vv for kk, vv in v.items() if kk != "cfg"} for k, v in results.items()}, open(f"{EXP}/combined{SUFFIX}.pkl", "wb"))
