@@ -32,14 +32,17 @@ def source_model_dir() -> Path:
     return path
 
 
-def export(out_dir: Path, *, parity_texts: list[str]) -> dict[str, Any]:
+def export(out_dir: Path, *, parity_texts: list[str], source: Path | None = None) -> dict[str, Any]:
     """Export fp32 ``model.onnx`` and the default per-channel int8 ``model.int8.onnx`` quantised from it,
-    measure each one's parity against sentence-transformers on ``parity_texts``, write the manifest."""
+    measure each one's parity against sentence-transformers on ``parity_texts``, write the manifest.
+
+    ``source`` is a sentence-transformers folder of the same architecture (default: the packaged MiniLM);
+    experiments export their fine-tuned encoders through here so that they are measured as shipped."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from sentence_transformers import SentenceTransformer
 
-    src = source_model_dir()
+    src = source or source_model_dir()
     st = SentenceTransformer(str(src), device="cpu")
     bert = cast(torch.nn.Module, st[0].auto_model).eval()  # a Module attribute: typed Tensor | Module
 
@@ -93,8 +96,8 @@ def export(out_dir: Path, *, parity_texts: list[str]) -> dict[str, Any]:
 
     manifest = {
         "name": "all-MiniLM-L6-v2",
-        "source_package": SOURCE_PACKAGE,
-        "source_version": importlib.metadata.version(SOURCE_PACKAGE),
+        **({"source_package": SOURCE_PACKAGE, "source_version": importlib.metadata.version(SOURCE_PACKAGE)}
+           if source is None else {"source": str(source)}),
         "torch_version": torch.__version__,
         "opset": OPSET,
         "dimension": int(reference.shape[1]),
