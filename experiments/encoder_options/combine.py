@@ -30,10 +30,16 @@ B = pickle.load(open(f"{EXP}/fit_mpnet{SUFFIX}.pkl", "rb")) if HAVE_B else None
 HAVE_D = all(Path(f"{EXP}/fit_setfit_{g}{SUFFIX}.pkl").exists() for g in ("all", "g0", "g1", "g2"))
 D = {g: pickle.load(open(f"{EXP}/fit_setfit_{g}{SUFFIX}.pkl", "rb")) for g in ("all", "g0", "g1", "g2")} if HAVE_D else {}
 D_INFO = {g: json.load(open(f"{EXP}/setfit_{g}/info.json")) for g in D}
+# (d2): setfit.py --variant d2; the evaluation-set columns need encoder all only, held-out rows its group encoders
+HAVE_D2 = Path(f"{EXP}/fit_setfit_d2_all{SUFFIX}.pkl").exists()
+D2 = {g: pickle.load(open(f"{EXP}/fit_setfit_d2_{g}{SUFFIX}.pkl", "rb")) for g in ("all", "g0", "g1", "g2")
+      if Path(f"{EXP}/fit_setfit_d2_{g}{SUFFIX}.pkl").exists()} if HAVE_D2 else {}
+D2_INFO = {g: json.load(open(f"{EXP}/setfit_d2_{g}/info.json")) for g in D2}
 # setfit.py's groups: prep.py's held-out families round-robin; check against what each encoder was trained without
 D_GROUP = {(F["cluster"], F["family"]): f"g{i % 3}" for i, F in enumerate(P["families"])}
 for key, g in D_GROUP.items():
     assert not D or f"{key[0]}/{key[1]}" in D_INFO[g]["held_out"], (key, g)
+    assert g not in D2 or f"{key[0]}/{key[1]}" in D2_INFO[g]["held_out"], (key, g)
 registry = load_registry(DEFAULT_REGISTRY, with_model=False)
 ids = registry.cluster_ids()
 K = len(ids)
@@ -70,6 +76,9 @@ if HAVE_B:
 if HAVE_D:
     configs["d_setfit"] = dict(kind="single", fit=D["all"], thr=D["all"]["thresholds"],
                                fam_fit={k: D[g] for k, g in D_GROUP.items()}, union_fpr=D["all"]["union_fpr"])
+if HAVE_D2:  # held-out rows only from a group encoder that never saw the family (None: not trained, shown "-")
+    configs["d2_setfit"] = dict(kind="single", fit=D2["all"], thr=D2["all"]["thresholds"],
+                                fam_fit={k: D2.get(g) for k, g in D_GROUP.items()}, union_fpr=D2["all"]["union_fpr"])
 for bar in BARS if HAVE_B else []:
     oof2, esc, tot = oof_two_stage(bar)
     thr, ufpr, _ = cal.choose_thresholds(ids, oof2, 0.005, A["floors"])
@@ -92,7 +101,8 @@ for name, cfg in configs.items():
     for F in P["families"]:
         key = (F["cluster"], F["family"]); c = F["cluster"]
         if cfg["kind"] == "single":  # the family's own encoder (d: its group's) and that encoder's threshold
-            ff = cfg["fam_fit"][key]; fam[key] = float((ff["families"][key] >= ff["thresholds"][c]).mean())
+            ff = cfg["fam_fit"][key]
+            fam[key] = float((ff["families"][key] >= ff["thresholds"][c]).mean()) if ff is not None else float("nan")
         else:
             pa, pb = A["families"][key], B["families"][key]
             fam[key] = float(((pa >= cfg["bar"]) & (pb >= cfg["thr"][c])).mean())
@@ -115,6 +125,8 @@ for name, cfg in configs.items():
     results[name] = dict(fam=fam, ev=dict(ev), esc=dict(esc), thr=cfg["thr"], cfg=cfg)
 
 fams = [(F["cluster"], F["family"]) for F in P["families"]]
+def cell(x):  # "-" for a held-out row whose group encoder was not trained (NaN propagates to min/mean)
+    return "-" if np.isnan(x) else f"{x:.2f}"
 names = list(configs)
 L = []
 L.append("# Encoder options for the framing heads (issue 16 item 4) - held-out-family validation"
@@ -131,9 +143,9 @@ sep = "|---" * (len(names) + 1) + "|"
 L.append("## Held-out family recall (fresh sentences of a family, its cluster trained without it)\n")
 L += [hdr, sep]
 for k in fams:
-    L.append(f"| {k[0]}/{k[1]} | " + " | ".join(f"{results[n]['fam'][k]:.2f}" for n in names) + " |")
-L.append("| **min** | " + " | ".join(f"**{min(results[n]['fam'].values()):.2f}**" for n in names) + " |")
-L.append("| mean | " + " | ".join(f"{np.mean(list(results[n]['fam'].values())):.2f}" for n in names) + " |")
+    L.append(f"| {k[0]}/{k[1]} | " + " | ".join(cell(results[n]['fam'][k]) for n in names) + " |")
+L.append("| **min** | " + " | ".join(f"**{cell(np.min(list(results[n]['fam'].values())))}**" for n in names) + " |")
+L.append("| mean | " + " | ".join(cell(np.mean(list(results[n]['fam'].values()))) for n in names) + " |")
 if HAVE_B:
     L.append("\nHeld-out positives below the escalation bar (MiniLM head, family held out) - recall lost to "
              "escalation:\n")
@@ -163,8 +175,8 @@ if HAVE_D:
     L.append("| encoder | held out | pairs | train s (threads) | final loss | " + " | ".join(ids)
              + " | cross-fitted FPR | int8 mean cos | int8 min cos | fp32 onnx mean cos | cos to base |")
     L.append("|---" * (len(ids) + 10) + "|")
-    for g, fit in D.items():
-        inf = D_INFO[g]; par = inf["parity"]
+    for g, fit, inf in [(g, f, D_INFO[g]) for g, f in D.items()] + [(f"d2 {g}", f, D2_INFO[g]) for g, f in D2.items()]:
+        par = inf["parity"]
         L.append(f"| {g} | {', '.join(inf['held_out']) or '-'} | {inf['pairs']} | {inf['train_seconds']:.0f} "
                  f"({inf['threads']}) | {inf['final_loss']:.4f} | "
                  + " | ".join(f"{fit['thresholds'][c]:.3f}" for c in ids)

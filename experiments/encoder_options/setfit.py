@@ -27,6 +27,7 @@ EXP = Path(os.environ.get("FW_EXP_DIR", "/tmp/fw/exp"))  # scratch, as the other
 import json
 import pickle
 import random
+import re
 import shutil
 import sys
 import time
@@ -49,6 +50,17 @@ WARMUP = 0.1
 # (positive, other cluster's positive) 0 | (look-alike, benign) 1
 PER_CLUSTER = dict(pp=160, pl=120, pb=80, px=40, lb=40)
 N_GROUPS = 3
+# variant d2: (d)'s pairs plus, per persona cluster, that many (positive, operator system prompt) pairs labelled 0;
+# operator prompts = calibration's generated benign system prompts (benign_systems) and the benign calibration
+# segments in the "system" position (team-system-2026-11, tuned on); EDGY_SHARE of the partners are drawn from the
+# operator prompts that play a named or in-character role (EDGY), the rest from all operator prompts.
+D2_PER_CLUSTER = dict(evil_persona=600, identity_system_prompt=150)
+EDGY_SHARE = 0.5
+EDGY = re.compile(r"\b(?:you(?:'re| are)|your name is|you play|playing)\s+(?:[A-Z][a-z]+|the [a-z]+ (?:character|persona))"
+                  r"|\b(?:character|persona|role-?play|stay in character|snark\w*|sarcas\w*|grump\w*|villain\w*|"
+                  r"pirate\w*|wizard|dragon|detective|game master|dungeon|security|hack\w*|spooky|mischiev\w*)\b",
+                  re.IGNORECASE)
+VARIANTS = ("d", "d2")
 
 
 def groups_of(families: list[dict[str, Any]]) -> dict[str, list[tuple[str, str]]]:
@@ -59,7 +71,11 @@ def groups_of(families: list[dict[str, Any]]) -> dict[str, list[tuple[str, str]]
     return out
 
 
-def build_pairs(group: str) -> tuple[list[tuple[str, str, float]], dict[str, Any]]:
+def out_dir(group: str, variant: str) -> Path:
+    return EXP / (f"setfit_{group}" if variant == "d" else f"setfit_{variant}_{group}")
+
+
+def build_pairs(group: str, variant: str = "d") -> tuple[list[tuple[str, str, float]], dict[str, Any]]:
     P = pickle.load(open(f"{EXP}/prep.pkl", "rb"))
     held = [] if group == "all" else groups_of(P["families"])[group]
     # calibration's training data exactly as prep.py builds it
@@ -111,19 +127,31 @@ def build_pairs(group: str) -> tuple[list[tuple[str, str, float]], dict[str, Any
             pairs.append((rng.choice(pc), rng.choice(others), 0.0))
         for _ in range(PER_CLUSTER["lb"] if lc else 0):
             pairs.append((rng.choice(lc), rng.choice(ben), 1.0))
+    extra: dict[str, int] = {}
+    if variant == "d2":  # a separate generator: (d)'s pairs above stay exactly as they are
+        system_segments = [s.text for segs in P["segmented"] for s in segs if s.position == "system"]
+        operators = [t for t in corr(list(dict.fromkeys(list(benign_systems) + system_segments))) if t not in all_pos]
+        edgy = [t for t in operators if EDGY.search(t)]
+        rng2 = random.Random(SEED + 1)
+        for c, n in D2_PER_CLUSTER.items():
+            for _ in range(n):
+                partner = rng2.choice(edgy if edgy and rng2.random() < EDGY_SHARE else operators)
+                pairs.append((rng2.choice(pos[c]), partner, 0.0))
+        extra = dict(operator_prompts=len(operators), edgy_operator_prompts=len(edgy), **D2_PER_CLUSTER,
+                     edgy_share=EDGY_SHARE)
     pairs = [p for p in dict.fromkeys(pairs) if p[0] != p[1]]
     rng.shuffle(pairs)
     # no held-out fresh sentence of this group may be in the pairs (they are another seed, but check)
     tests = {fix.get(t, t) for F in P["families"] if (F["cluster"], F["family"]) in set(held) for t in F["tests"]}
     leak = sum((a in tests) + (b in tests) for a, b, _ in pairs)
-    info = dict(group=group, held_out=[f"{c}/{f}" for c, f in held], pairs=len(pairs),
+    info = dict(group=group, variant=variant, d2_pairs=extra, held_out=[f"{c}/{f}" for c, f in held], pairs=len(pairs),
                 positive_pairs=sum(1 for p in pairs if p[2] == 1.0), positives_removed=n_removed,
                 texts=len({t for a, b, _ in pairs for t in (a, b)}), held_out_test_texts_in_pairs=leak)
     assert leak == 0, info
     return pairs, info
 
 
-def train(group: str) -> None:
+def train(group: str, variant: str = "d") -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from sentence_transformers import SentenceTransformer
@@ -133,12 +161,12 @@ def train(group: str) -> None:
     from monitor._export import OPSET, _mark_batch_dependent, _parity_entry, source_model_dir
 
     torch.set_num_threads(int(os.environ.get("FW_THREADS", "1")))
-    pairs, info = build_pairs(group)
+    pairs, info = build_pairs(group, variant)
     print(json.dumps(info), flush=True)
-    out = EXP / f"setfit_{group}"
+    out = out_dir(group, variant)
     if os.environ.get("FW_SMOKE_PAIRS"):  # smoke test of the whole path on a few pairs, written apart
         pairs = pairs[:int(os.environ["FW_SMOKE_PAIRS"])]
-        out = EXP / f"smoke_{group}"
+        out = EXP / f"smoke_{out.name.removeprefix('setfit_')}"
     out.mkdir(parents=True, exist_ok=True)
     random.seed(SEED); np.random.seed(SEED); torch.manual_seed(SEED)
     src = source_model_dir()
@@ -223,18 +251,20 @@ def train(group: str) -> None:
 
 if __name__ == "__main__":
     cmd, grp = sys.argv[1], sys.argv[2]
+    var = sys.argv[sys.argv.index("--variant") + 1] if "--variant" in sys.argv else "d"
     assert grp in ("all", *(f"g{k}" for k in range(N_GROUPS))), grp
+    assert var in VARIANTS, var
     if cmd == "pairs":
-        _, i = build_pairs(grp)
+        _, i = build_pairs(grp, var)
         print(json.dumps(i))
     elif cmd == "train":
-        train(grp)
+        train(grp, var)
     elif cmd == "speed":  # one text per run, the shipped int8 and this group's int8 interleaved in one process
         from monitor.embedding import Embedder
 
         models = {"shipped": Embedder.load(REPO / "models" / "minilm", onnx_file="model.int8.onnx", cache_size=0,
                                            threads=int(os.environ.get("FW_ORT_THREADS", "1"))),
-                  grp: Embedder.load(EXP / f"setfit_{grp}" / "onnx", onnx_file="model.int8.onnx", cache_size=0,
+                  grp: Embedder.load(out_dir(grp, var) / "onnx", onnx_file="model.int8.onnx", cache_size=0,
                                      threads=int(os.environ.get("FW_ORT_THREADS", "1")))}
         texts = [t.replace("\\n", "\n") for t in (EXP / "to_embed.txt").read_text().split("\n")]
         sample = random.Random(SEED).sample(texts, 300)
