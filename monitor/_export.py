@@ -32,17 +32,14 @@ def source_model_dir() -> Path:
     return path
 
 
-def export(out_dir: Path, *, parity_texts: list[str], source: Path | None = None) -> dict[str, Any]:
+def export(out_dir: Path, *, parity_texts: list[str]) -> dict[str, Any]:
     """Export fp32 ``model.onnx`` and the default per-channel int8 ``model.int8.onnx`` quantised from it,
-    measure each one's parity against sentence-transformers on ``parity_texts``, write the manifest.
-
-    ``source`` is a sentence-transformers folder of the same architecture (default: the packaged MiniLM);
-    experiments export their fine-tuned encoders through here so that they are measured as shipped."""
+    measure each one's parity against sentence-transformers on ``parity_texts``, write the manifest."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from sentence_transformers import SentenceTransformer
 
-    src = source or source_model_dir()
+    src = source_model_dir()
     st = SentenceTransformer(str(src), device="cpu")
     bert = cast(torch.nn.Module, st[0].auto_model).eval()  # a Module attribute: typed Tensor | Module
 
@@ -96,8 +93,8 @@ def export(out_dir: Path, *, parity_texts: list[str], source: Path | None = None
 
     manifest = {
         "name": "all-MiniLM-L6-v2",
-        **({"source_package": SOURCE_PACKAGE, "source_version": importlib.metadata.version(SOURCE_PACKAGE)}
-           if source is None else {"source": str(source)}),
+        "source_package": SOURCE_PACKAGE,
+        "source_version": importlib.metadata.version(SOURCE_PACKAGE),
         "torch_version": torch.__version__,
         "opset": OPSET,
         "dimension": int(reference.shape[1]),
